@@ -1,0 +1,1 @@
+"""Dialtone: an OpenAI Realtime voice agent on a Twilio phone number."""
