@@ -1,0 +1,139 @@
+"""The playback ledger: what the caller has actually heard of each assistant item.
+
+Pure. The model generates audio faster than real time; Twilio buffers it and plays it at 8 bytes/ms.
+The only evidence of playback is Twilio echoing a ``mark`` once the audio queued before it has played
+(``shared/reference/twilio.md`` §3). A ``clear`` also echoes every pending mark, and nothing in the echo
+tells the two apart, so every mark name carries a *generation* that is bumped on each ``clear``: an
+echo from an older generation was flushed, not played.
+
+Mark names: ``<item_id>:<end_ms>:g<generation>:m<seq>``, where ``end_ms`` is the item's audio position
+(model milliseconds) at the end of the frame the mark follows. Item ids are parsed from the right, so an
+id containing ``:`` still round-trips.
+
+Units: ``*_ms`` on an item are model milliseconds of that item's audio (PCM16 24 kHz = 48 bytes/ms),
+which is what ``conversation.item.truncate.audio_end_ms`` counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_BYTES_PER_MS = 48
+
+
+@dataclass(slots=True)
+class ItemAudio:
+    """Counters for one assistant item."""
+
+    item_id: str
+    response_id: str
+    generated_bytes: int = 0
+    sent_ms: int = 0
+    played_ms: int = 0
+    done: bool = False
+
+    @property
+    def generated_ms(self) -> int:
+        return self.generated_bytes // MODEL_BYTES_PER_MS
+
+    @property
+    def fully_played(self) -> bool:
+        return self.done and self.played_ms >= self.generated_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """A mark echo, decoded. ``counted`` is False when a ``clear`` flushed it (older generation)."""
+
+    item_id: str
+    end_ms: int
+    counted: bool
+
+
+class PlaybackLedger:
+    """Per-call ledger of generated, sent and played audio, item by item."""
+
+    def __init__(self, truncate_slack_ms: int = 0) -> None:
+        self.generation = 0
+        self.truncate_slack_ms = truncate_slack_ms
+        self._items: dict[str, ItemAudio] = {}
+        self._seq = 0
+
+    def item(self, item_id: str) -> ItemAudio | None:
+        return self._items.get(item_id)
+
+    def open_item(self, item_id: str, response_id: str) -> ItemAudio:
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = ItemAudio(item_id, response_id)
+        return item
+
+    def add_generated(self, item_id: str, response_id: str, n_bytes: int) -> ItemAudio:
+        item = self.open_item(item_id, response_id)
+        item.generated_bytes += n_bytes
+        return item
+
+    def frame_sent(self, item_id: str, frame_ms: int) -> str:
+        """Account one frame of ``frame_ms`` sent to Twilio; returns the name of the mark to follow it."""
+        item = self._items[item_id]
+        item.sent_ms += frame_ms
+        return self._mark(item_id, min(item.sent_ms, item.generated_ms))
+
+    def start_mark(self, item_id: str) -> str:
+        """Name of the mark sent just before an item's first frame: it echoes when playback starts."""
+        return self._mark(item_id, 0)
+
+    def _mark(self, item_id: str, end_ms: int) -> str:
+        self._seq += 1
+        return f"{item_id}:{end_ms}:g{self.generation}:m{self._seq}"
+
+    def finish(self, item_id: str) -> None:
+        """The item's audio is complete (``response.output_audio.done``)."""
+        item = self._items.get(item_id)
+        if item is not None:
+            item.done = True
+
+    def echo(self, name: str) -> Echo | None:
+        """Record a mark echo. ``None`` if the name is not one of ours."""
+        parts = name.rsplit(":", 3)
+        if len(parts) != 4 or not parts[2].startswith("g") or not parts[3].startswith("m"):
+            return None
+        item_id, end_text, gen_text = parts[0], parts[1], parts[2][1:]
+        if not (end_text.isdigit() and gen_text.isdigit()):
+            return None
+        end_ms = int(end_text)
+        counted = int(gen_text) == self.generation
+        item = self._items.get(item_id)
+        if counted and item is not None:
+            item.played_ms = max(item.played_ms, min(end_ms, item.generated_ms))
+            if item.fully_played:
+                del self._items[item_id]
+        return Echo(item_id, end_ms, counted)
+
+    def has_unplayed(self) -> bool:
+        """Is any agent audio queued at Twilio or still waiting to be sent?"""
+        return any(item.played_ms < item.generated_ms for item in self._items.values())
+
+    def interrupt(self) -> list[Truncation]:
+        """Barge-in: bump the generation and say which items to truncate, and where.
+
+        An item is truncated at what was played (plus the configured slack), clamped to what was
+        generated. Items that finished playing, and items of which nothing was played, are not
+        truncated. Every item is forgotten afterwards: its remaining echoes are from an old generation.
+        """
+        truncations: list[Truncation] = []
+        for item in self._items.values():
+            generated_ms = item.generated_ms
+            if item.played_ms <= 0 or (item.done and item.played_ms >= generated_ms):
+                continue
+            audio_end_ms = min(item.played_ms + self.truncate_slack_ms, item.sent_ms, generated_ms)
+            truncations.append(Truncation(item.item_id, audio_end_ms))
+        self.generation += 1
+        self._items.clear()
+        return truncations

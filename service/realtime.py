@@ -1,0 +1,448 @@
+"""OpenAI Realtime (GA) wire format: parse server events, serialize client events.
+
+Pure: text in, values out. Base64 and JSON stop here. Only the events the bridge acts on get their own
+type; every other well-formed server event becomes :class:`Unknown` (kept for logs and recordings), and a
+message we cannot use becomes :class:`Invalid`. Nothing here raises on bad input.
+
+Wire facts: ``shared/reference/realtime-ga.md`` (GA only: the beta names are retired).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+BYTES_PER_MS = 48
+"""PCM16 at 24 kHz: two bytes a sample, 24 samples a millisecond."""
+
+# --- events (server -> us) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    session_id: str
+    expires_at_s: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    input_format: str
+    output_format: str
+    input_rate_hz: int | None
+    output_rate_hz: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputCommitted:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItemAdded:
+    response_id: str
+    item_id: str
+    item_type: str
+    role: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    audio: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTranscript:
+    """``response.output_audio_transcript.done``: what the agent said (not necessarily what was heard)."""
+
+    response_id: str
+    item_id: str
+    transcript: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerTranscript:
+    """``conversation.item.input_audio_transcription.completed``."""
+
+    item_id: str
+    transcript: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one response, as ``response.done.response.usage`` reports it."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    cached_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.input_text_tokens + other.input_text_tokens,
+            self.input_audio_tokens + other.input_audio_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.output_text_tokens + other.output_text_tokens,
+            self.output_audio_tokens + other.output_audio_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+    reason: str | None
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The server's ``error`` event. ``message`` is the server's text, safe to log (it never holds audio)."""
+
+    error_type: str
+    code: str | None
+    message: str
+    param: str | None
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A well-formed event the bridge does not act on."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    reason: str
+
+
+Event: TypeAlias = (
+    SessionCreated
+    | SessionUpdated
+    | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | ResponseCreated
+    | OutputItemAdded
+    | AudioDelta
+    | AudioDone
+    | AgentTranscript
+    | CallerTranscript
+    | ItemTruncated
+    | ResponseDone
+    | Error
+    | Unknown
+    | Invalid
+)
+
+FATAL_ERROR_CODES = frozenset(
+    {"beta_api_shape_disabled", "invalid_model", "invalid_api_key", "insufficient_quota", "session_expired"}
+)
+"""Error codes after which the session cannot go on (realtime-ga.md §8)."""
+
+
+# --- commands (us -> server) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSession:
+    session: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendAudio:
+    audio: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResponse:
+    instructions: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResponse:
+    response_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateItem:
+    item_id: str
+    audio_end_ms: int
+    content_index: int = 0
+
+
+Command: TypeAlias = UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem
+
+
+def serialize(command: Command, event_id: str | None = None) -> str:
+    """The JSON text frame of a GA client event."""
+    body: dict[str, Any]
+    match command:
+        case AppendAudio(audio=audio):
+            body = {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")}
+        case UpdateSession(session=session):
+            body = {"type": "session.update", "session": dict(session)}
+        case CreateResponse(instructions=instructions):
+            body = {"type": "response.create"}
+            if instructions is not None:
+                body["response"] = {"instructions": instructions}
+        case CancelResponse(response_id=response_id):
+            body = {"type": "response.cancel"}
+            if response_id is not None:
+                body["response_id"] = response_id
+        case TruncateItem(item_id=item_id, audio_end_ms=audio_end_ms, content_index=content_index):
+            body = {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": content_index,
+                "audio_end_ms": audio_end_ms,
+            }
+    if event_id is not None:
+        body = {"event_id": event_id, **body}
+    return json.dumps(body, separators=(",", ":"))
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """Internal: a field is missing or mistyped; turned into :class:`Invalid`."""
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise _Bad(f"{where}.{key} must be a string")
+    return value
+
+
+def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"{where}.{key} must be an integer")
+    return value
+
+
+def _count(obj: object, key: str) -> int:
+    if isinstance(obj, dict):
+        value = obj.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
+def _obj(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise _Bad(f"{where}.{key} must be an object")
+    return value
+
+
+def _usage(raw: object) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    inp = raw.get("input_token_details")
+    out = raw.get("output_token_details")
+    return Usage(
+        input_tokens=_count(raw, "input_tokens"),
+        output_tokens=_count(raw, "output_tokens"),
+        input_text_tokens=_count(inp, "text_tokens"),
+        input_audio_tokens=_count(inp, "audio_tokens"),
+        cached_tokens=_count(inp, "cached_tokens"),
+        output_text_tokens=_count(out, "text_tokens"),
+        output_audio_tokens=_count(out, "audio_tokens"),
+    )
+
+
+def _audio_format(audio: Mapping[str, Any], side: str) -> tuple[str, int | None]:
+    part = audio.get(side)
+    fmt = part.get("format") if isinstance(part, dict) else None
+    if not isinstance(fmt, dict):
+        return "", None
+    rate = fmt.get("rate")
+    return str(fmt.get("type", "")), rate if isinstance(rate, int) else None
+
+
+def _session_updated(msg: Mapping[str, Any]) -> SessionUpdated:
+    session = _obj(msg, "session", "session.updated")
+    audio = session.get("audio")
+    audio = audio if isinstance(audio, dict) else {}
+    in_fmt, in_rate = _audio_format(audio, "input")
+    out_fmt, out_rate = _audio_format(audio, "output")
+    return SessionUpdated(in_fmt, out_fmt, in_rate, out_rate)
+
+
+def _audio_delta(msg: Mapping[str, Any]) -> AudioDelta:
+    delta = msg.get("delta")
+    if not isinstance(delta, str):
+        raise _Bad("response.output_audio.delta.delta must be a base64 string")
+    try:
+        audio = base64.b64decode(delta, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Bad("response.output_audio.delta.delta is not valid base64") from None
+    if len(audio) % 2:
+        raise _Bad("response.output_audio.delta carries an odd number of PCM16 bytes")
+    where = "response.output_audio.delta"
+    return AudioDelta(_str(msg, "response_id", where), _str(msg, "item_id", where), audio)
+
+
+def _response_done(msg: Mapping[str, Any]) -> ResponseDone:
+    response = _obj(msg, "response", "response.done")
+    details = response.get("status_details")
+    reason = details.get("reason") if isinstance(details, dict) else None
+    return ResponseDone(
+        response_id=_str(response, "id", "response.done.response"),
+        status=_str(response, "status", "response.done.response"),
+        reason=reason if isinstance(reason, str) else None,
+        usage=_usage(response.get("usage")),
+    )
+
+
+def _error(msg: Mapping[str, Any]) -> Error:
+    err = _obj(msg, "error", "error")
+    return Error(
+        error_type=_opt_str(err, "type") or "",
+        code=_opt_str(err, "code"),
+        message=_opt_str(err, "message") or "",
+        param=_opt_str(err, "param"),
+        event_id=_opt_str(err, "event_id"),
+    )
+
+
+def _output_item_added(msg: Mapping[str, Any]) -> OutputItemAdded:
+    item = _obj(msg, "item", "response.output_item.added")
+    where = "response.output_item.added"
+    return OutputItemAdded(
+        response_id=_str(msg, "response_id", where),
+        item_id=_str(item, "id", where + ".item"),
+        item_type=_str(item, "type", where + ".item"),
+        role=_opt_str(item, "role"),
+    )
+
+
+def _decode(kind: str, msg: Mapping[str, Any]) -> Event:
+    match kind:
+        case "response.output_audio.delta":
+            return _audio_delta(msg)
+        case "session.created":
+            session = _obj(msg, "session", kind)
+            expires = session.get("expires_at")
+            return SessionCreated(str(session.get("id", "")), expires if isinstance(expires, int) else None)
+        case "session.updated":
+            return _session_updated(msg)
+        case "input_audio_buffer.speech_started":
+            return SpeechStarted(_str(msg, "item_id", kind), _int(msg, "audio_start_ms", kind))
+        case "input_audio_buffer.speech_stopped":
+            return SpeechStopped(_str(msg, "item_id", kind), _int(msg, "audio_end_ms", kind))
+        case "input_audio_buffer.committed":
+            return InputCommitted(_str(msg, "item_id", kind))
+        case "response.created":
+            return ResponseCreated(_str(_obj(msg, "response", kind), "id", kind + ".response"))
+        case "response.output_item.added":
+            return _output_item_added(msg)
+        case "response.output_audio.done":
+            return AudioDone(_str(msg, "response_id", kind), _str(msg, "item_id", kind))
+        case "response.output_audio_transcript.done":
+            return AgentTranscript(
+                _str(msg, "response_id", kind), _str(msg, "item_id", kind), _str(msg, "transcript", kind)
+            )
+        case "conversation.item.input_audio_transcription.completed":
+            return CallerTranscript(_str(msg, "item_id", kind), _str(msg, "transcript", kind))
+        case "conversation.item.truncated":
+            return ItemTruncated(_str(msg, "item_id", kind), _int(msg, "audio_end_ms", kind))
+        case "response.done":
+            return _response_done(msg)
+        case "error":
+            return _error(msg)
+        case _:
+            return Unknown(kind[:80])
+
+
+def parse(text: str | bytes) -> Event:
+    """Turn one websocket message from the Realtime server into an event. Never raises."""
+    if isinstance(text, bytes):
+        return Invalid("binary frame (the Realtime API sends JSON text frames)")
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        return Invalid("not JSON")
+    if not isinstance(msg, dict):
+        return Invalid("not a JSON object")
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        return Invalid("no type field")
+    try:
+        return _decode(kind, msg)
+    except _Bad as exc:
+        return Invalid(str(exc))
+
+
+def session_config(
+    *,
+    instructions: str,
+    voice: str,
+    turn_detection: Mapping[str, Any] | None,
+    transcription_model: str | None,
+    noise_reduction: str | None,
+) -> dict[str, Any]:
+    """The GA ``session`` object for ``session.update``: PCM16 24 kHz both ways, audio out."""
+    return {
+        "type": "realtime",
+        "instructions": instructions,
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24_000},
+                "noise_reduction": {"type": noise_reduction} if noise_reduction else None,
+                "transcription": {"model": transcription_model} if transcription_model else None,
+                "turn_detection": dict(turn_detection) if turn_detection is not None else None,
+            },
+            "output": {"format": {"type": "audio/pcm", "rate": 24_000}, "voice": voice},
+        },
+    }

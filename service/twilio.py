@@ -1,0 +1,280 @@
+"""Twilio Media Streams wire format: parse what Twilio sends, serialize what we send.
+
+Pure: text in, values out. Base64 and JSON stop here; the rest of Dialtone sees bytes and ints.
+Inbound values are events (nouns), outbound values are commands (verbs). A message we cannot use
+becomes :class:`Invalid` (with a reason that never quotes the payload) and an unknown ``event``
+becomes :class:`Unknown`: neither raises, so a misbehaving peer never ends a call by itself.
+
+Wire facts (``shared/reference/twilio.md`` §3): every frame is a JSON text frame; ``sequenceNumber``,
+``chunk`` and ``timestamp`` are strings; payloads are base64 mu-law, 8 kHz mono.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+BYTES_PER_MS = 8
+"""mu-law at 8 kHz: one byte per sample, eight samples per millisecond."""
+FRAME_MS = 20
+FRAME_BYTES = FRAME_MS * BYTES_PER_MS
+MAX_MESSAGE_CHARS = 64 * 1024
+"""A real inbound frame is about 300 characters; anything this big is refused before JSON parsing."""
+MAX_PAYLOAD_BYTES = 8 * 1024
+"""One second of mu-law; Twilio sends 160-byte frames."""
+
+
+# --- events (Twilio -> us) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFormat:
+    encoding: str
+    sample_rate_hz: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    account_sid: str
+    call_sid: str
+    tracks: tuple[str, ...]
+    custom_parameters: Mapping[str, str]
+    media_format: MediaFormat
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    stream_sid: str
+    track: str
+    chunk: int
+    timestamp_ms: int
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    stream_sid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    stream_sid: str
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    stream_sid: str
+    call_sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A well-formed message whose ``event`` we do not know."""
+
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message we could not use. ``reason`` names the problem, never the payload."""
+
+    reason: str
+
+
+Event: TypeAlias = Connected | Start | Media | Mark | Dtmf | Stop | Unknown | Invalid
+
+
+# --- commands (us -> Twilio) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendMedia:
+    stream_sid: str
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SendMark:
+    stream_sid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendClear:
+    stream_sid: str
+
+
+Command: TypeAlias = SendMedia | SendMark | SendClear
+
+
+def serialize(command: Command) -> str:
+    """The JSON text frame for ``command``."""
+    match command:
+        case SendMedia(stream_sid=sid, payload=payload):
+            return json.dumps(
+                {
+                    "event": "media",
+                    "streamSid": sid,
+                    "media": {"payload": base64.b64encode(payload).decode("ascii")},
+                },
+                separators=(",", ":"),
+            )
+        case SendMark(stream_sid=sid, name=name):
+            return json.dumps(
+                {"event": "mark", "streamSid": sid, "mark": {"name": name}}, separators=(",", ":")
+            )
+        case SendClear(stream_sid=sid):
+            return json.dumps({"event": "clear", "streamSid": sid}, separators=(",", ":"))
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """Internal: a field is missing or has the wrong type; turned into :class:`Invalid`."""
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise _Bad(f"{where}.{key} must be a string")
+    return value
+
+
+def _opt_str(obj: Mapping[str, Any], key: str, where: str, default: str = "") -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise _Bad(f"{where}.{key} must be a string")
+    return value
+
+
+def _obj(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise _Bad(f"{where}.{key} must be an object")
+    return value
+
+
+def _counter(obj: Mapping[str, Any], key: str, where: str) -> int:
+    """Twilio sends counters as decimal strings; accept ints too, reject anything else."""
+    value = obj.get(key)
+    if isinstance(value, bool):
+        raise _Bad(f"{where}.{key} must be a decimal string")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.isdigit() and len(value) <= 12:
+        number = int(value)
+    else:
+        raise _Bad(f"{where}.{key} must be a decimal string")
+    return number
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Bad(f"{where}.{key} must be an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise _Bad(f"{where}.{key} must be an integer") from None
+
+
+def _payload(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise _Bad("media.payload must be a base64 string")
+    if len(text) > (MAX_PAYLOAD_BYTES * 4) // 3 + 4:
+        raise _Bad("media.payload is larger than the limit")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Bad("media.payload is not valid base64") from None
+
+
+def _start(msg: Mapping[str, Any]) -> Start:
+    start = _obj(msg, "start", "start")
+    params = start.get("customParameters", {})
+    if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+        raise _Bad("start.customParameters must be an object of strings")
+    fmt = _obj(start, "mediaFormat", "start")
+    tracks = start.get("tracks", [])
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise _Bad("start.tracks must be a list of strings")
+    return Start(
+        stream_sid=_str(msg, "streamSid", "start"),
+        account_sid=_opt_str(start, "accountSid", "start"),
+        call_sid=_str(start, "callSid", "start"),
+        tracks=tuple(tracks),
+        custom_parameters=dict(params),
+        media_format=MediaFormat(
+            encoding=_str(fmt, "encoding", "start.mediaFormat"),
+            sample_rate_hz=_int(fmt, "sampleRate", "start.mediaFormat"),
+            channels=_int(fmt, "channels", "start.mediaFormat"),
+        ),
+    )
+
+
+def _media(msg: Mapping[str, Any]) -> Media:
+    media = _obj(msg, "media", "media")
+    payload = _payload(media.get("payload"))
+    if len(payload) % 2:
+        # Twilio's frames are whole milliseconds (8 bytes each); an odd size is a broken sender.
+        # Skipping it keeps the input clock right: the next frame's timestamp shows the gap.
+        raise _Bad("media.payload has an odd number of bytes")
+    return Media(
+        stream_sid=_str(msg, "streamSid", "media"),
+        track=_opt_str(media, "track", "media", "inbound"),
+        chunk=_counter(media, "chunk", "media"),
+        timestamp_ms=_counter(media, "timestamp", "media"),
+        payload=payload,
+    )
+
+
+def parse(text: str | bytes) -> Event:
+    """Turn one websocket message from Twilio into an event. Never raises."""
+    if isinstance(text, bytes):
+        return Invalid("binary frame (Twilio sends JSON text frames)")
+    if len(text) > MAX_MESSAGE_CHARS:
+        return Invalid(f"message of {len(text)} characters exceeds the {MAX_MESSAGE_CHARS} limit")
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        return Invalid("not JSON")
+    if not isinstance(msg, dict):
+        return Invalid("not a JSON object")
+    kind = msg.get("event")
+    if not isinstance(kind, str):
+        return Invalid("no event field")
+    try:
+        match kind:
+            case "connected":
+                return Connected(_opt_str(msg, "protocol", kind), _opt_str(msg, "version", kind))
+            case "start":
+                return _start(msg)
+            case "media":
+                return _media(msg)
+            case "mark":
+                return Mark(_str(msg, "streamSid", kind), _str(_obj(msg, "mark", kind), "name", "mark"))
+            case "dtmf":
+                return Dtmf(_str(msg, "streamSid", kind), _str(_obj(msg, "dtmf", kind), "digit", "dtmf"))
+            case "stop":
+                stop = msg.get("stop")
+                call_sid = _opt_str(stop, "callSid", kind) if isinstance(stop, dict) else ""
+                return Stop(_str(msg, "streamSid", kind), call_sid)
+            case _:
+                return Unknown(kind[:64])
+    except _Bad as exc:
+        return Invalid(str(exc))

@@ -1,0 +1,49 @@
+"""The playback ledger: generations, clamps, and what counts as heard."""
+
+from __future__ import annotations
+
+from service.playback import PlaybackLedger, Truncation
+
+
+def test_mark_names_round_trip_even_with_colons_in_item_ids() -> None:
+    ledger = PlaybackLedger()
+    ledger.add_generated("item:odd", "r", 48 * 40)
+    name = ledger.frame_sent("item:odd", 20)
+    echo = ledger.echo(name)
+    assert echo is not None and echo.item_id == "item:odd" and echo.end_ms == 20 and echo.counted
+
+
+def test_foreign_mark_names_are_not_ours() -> None:
+    ledger = PlaybackLedger()
+    assert ledger.echo("hello") is None
+    assert ledger.echo("a:b:gx:m1") is None
+
+
+def test_echoes_from_before_a_clear_do_not_count() -> None:
+    ledger = PlaybackLedger()
+    ledger.add_generated("a", "r", 48 * 100)
+    names = [ledger.frame_sent("a", 20) for _ in range(5)]
+    ledger.echo(names[0])
+    assert ledger.interrupt() == [Truncation("a", 20)]
+    later = ledger.echo(names[1])
+    assert later is not None and not later.counted
+    assert not ledger.has_unplayed()
+
+
+def test_truncation_is_clamped_to_generated_audio() -> None:
+    ledger = PlaybackLedger(truncate_slack_ms=50)
+    ledger.add_generated("a", "r", 48 * 30)
+    first = ledger.frame_sent("a", 20)
+    ledger.frame_sent("a", 20)
+    ledger.echo(first)
+    assert ledger.interrupt() == [Truncation("a", 30)]
+
+
+def test_items_heard_in_full_are_forgotten() -> None:
+    ledger = PlaybackLedger()
+    ledger.add_generated("a", "r", 48 * 20)
+    name = ledger.frame_sent("a", 20)
+    ledger.finish("a")
+    ledger.echo(name)
+    assert ledger.item("a") is None and not ledger.has_unplayed()
+    assert ledger.interrupt() == []
