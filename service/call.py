@@ -121,7 +121,7 @@ def session_for(agent: Agent) -> dict[str, Any]:
         turn_detection["idle_timeout_ms"] = td.idle_timeout_ms
     return realtime.session_config(
         instructions=agent.instructions,
-        voice=agent.voice,
+        voice=agent.voice_param,
         turn_detection=turn_detection,
         transcription_model=agent.transcription_model,
         noise_reduction=agent.noise_reduction,
@@ -329,7 +329,7 @@ class Call:
         return []
 
     def _on_mark(self, name: str, now: float) -> None:
-        echo = self.ledger.echo(name)
+        echo = self.ledger.echo(name, now)
         if echo is None:
             log.warning("twilio: echo of a mark we did not send skipped")
             return
@@ -463,7 +463,7 @@ class Call:
             return commands
         self.stats.barge_ins += 1
         commands.insert(0, twilio.SendClear(self.stream_sid))
-        for cut in self.ledger.interrupt():
+        for cut in self.ledger.interrupt(now):
             self.stats.truncations += 1
             commands.append(realtime.TruncateItem(cut.item_id, cut.audio_end_ms))
         self._audio.reset_to_caller()

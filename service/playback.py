@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODEL_BYTES_PER_MS = 48
+FRAME_MS = 20
 
 
 @dataclass(slots=True)
@@ -64,6 +65,7 @@ class PlaybackLedger:
         self.truncate_slack_ms = truncate_slack_ms
         self._items: dict[str, ItemAudio] = {}
         self._seq = 0
+        self._last_echo: tuple[str, float] | None = None  # (item, when) of the newest counted echo
 
     def item(self, item_id: str) -> ItemAudio | None:
         return self._items.get(item_id)
@@ -99,8 +101,8 @@ class PlaybackLedger:
         if item is not None:
             item.done = True
 
-    def echo(self, name: str) -> Echo | None:
-        """Record a mark echo. ``None`` if the name is not one of ours."""
+    def echo(self, name: str, now: float) -> Echo | None:
+        """Record a mark echo received at ``now``. ``None`` if the name is not one of ours."""
         parts = name.rsplit(":", 3)
         if len(parts) != 4 or not parts[2].startswith("g") or not parts[3].startswith("m"):
             return None
@@ -112,6 +114,7 @@ class PlaybackLedger:
         item = self._items.get(item_id)
         if counted and item is not None:
             item.played_ms = max(item.played_ms, min(end_ms, item.generated_ms))
+            self._last_echo = (item_id, now)
             if item.fully_played:
                 del self._items[item_id]
         return Echo(item_id, end_ms, counted)
@@ -120,20 +123,34 @@ class PlaybackLedger:
         """Is any agent audio queued at Twilio or still waiting to be sent?"""
         return any(item.played_ms < item.generated_ms for item in self._items.values())
 
-    def interrupt(self) -> list[Truncation]:
-        """Barge-in: bump the generation and say which items to truncate, and where.
+    def heard_ms(self, item: ItemAudio, now: float) -> int:
+        """Best estimate of how much of ``item`` the caller has heard at ``now``.
 
-        An item is truncated at what was played (plus the configured slack), clamped to what was
-        generated. Items that finished playing, and items of which nothing was played, are not
-        truncated. Every item is forgotten afterwards: its remaining echoes are from an old generation.
+        The echoed marks give a lower bound that lags by up to one frame (the frame playing now has
+        not echoed yet). When the newest echo is this item's and more of it was queued behind that
+        mark, playback has gone on since the echo: add the time elapsed, at most one frame.
+        """
+        heard = item.played_ms
+        if self._last_echo is not None and self._last_echo[0] == item.item_id and item.sent_ms > heard:
+            heard += min(FRAME_MS, max(0, round((now - self._last_echo[1]) * 1000)))
+        return heard
+
+    def interrupt(self, now: float) -> list[Truncation]:
+        """Barge-in at ``now``: bump the generation and say which items to truncate, and where.
+
+        An item is truncated at what was heard (:meth:`heard_ms`, plus the configured slack), clamped
+        to what was sent and generated. Items that finished playing, and items of which nothing was
+        played, are not truncated. Every item is forgotten afterwards: its remaining echoes are of an
+        old generation.
         """
         truncations: list[Truncation] = []
         for item in self._items.values():
             generated_ms = item.generated_ms
             if item.played_ms <= 0 or (item.done and item.played_ms >= generated_ms):
                 continue
-            audio_end_ms = min(item.played_ms + self.truncate_slack_ms, item.sent_ms, generated_ms)
-            truncations.append(Truncation(item.item_id, audio_end_ms))
+            heard_ms = self.heard_ms(item, now) + self.truncate_slack_ms
+            truncations.append(Truncation(item.item_id, min(heard_ms, item.sent_ms, generated_ms)))
         self.generation += 1
         self._items.clear()
+        self._last_echo = None
         return truncations

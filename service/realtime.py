@@ -426,7 +426,7 @@ def parse(text: str | bytes) -> Event:
 def session_config(
     *,
     instructions: str,
-    voice: str,
+    voice: str | Mapping[str, str],
     turn_detection: Mapping[str, Any] | None,
     transcription_model: str | None,
     noise_reduction: str | None,

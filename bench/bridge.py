@@ -1,0 +1,154 @@
+"""Per-call CPU and added latency of the whole call path, without sockets.
+
+What one call costs the process, per 20 ms of conversation, for each direction, measured on the real
+code path: JSON text in -> parse -> Call (transcoder included) -> serialize -> JSON text out. Socket and
+asyncio overhead is measured separately by ``bench/sockets.py``.
+
+    .venv/bin/python -m bench.bridge            # ~20 s
+
+Figures printed:
+- caller -> model: one Twilio ``media`` frame (160 B mu-law) to one ``input_audio_buffer.append``;
+- model -> caller: 20 ms of model audio (as ``response.output_audio.delta`` of 100 ms, as the API sends
+  them) to one Twilio ``media`` frame and its ``mark``; plus the mark echo;
+- the implied number of concurrent calls one core could carry with both directions active;
+- added latency: processing time per message (median, p99) plus the transcoder's group delay.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import time
+
+import numpy as np
+
+from service import realtime, twilio
+from service.agents import Agent
+from service.audio import Transcoder
+from service.call import Call
+
+SID = "MZ" + "0" * 32
+FRAMES = 3000  # 60 s of caller audio
+DELTA_MS = 100
+
+
+def _pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.array(samples), q))
+
+
+def make_call() -> Call:
+    agent = Agent(key="default", instructions="Be brief.")
+    call = Call(authorize=lambda s, n: agent, transcoder=Transcoder(), default_model="gpt-realtime-2.1")
+    call.begin(0.0)
+    call.realtime_opened(0.0)
+    start = json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": SID,
+            "start": {
+                "streamSid": SID,
+                "accountSid": "AC1",
+                "callSid": "CA1",
+                "tracks": ["inbound"],
+                "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+    call.receive_twilio(twilio.parse(start), 0.0)
+    return call
+
+
+def speechlike(n: int, rate: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    sig = sum(
+        np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) / k for k, f in enumerate((180, 720, 1300, 2600), 1)
+    )
+    return (sig * 6000 * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype("<i2")
+
+
+def bench_inbound(call: Call) -> list[float]:
+    mulaw = Transcoder().to_caller(speechlike(FRAMES * 480, 24_000, 1).tobytes())
+    costs = []
+    for i in range(FRAMES):
+        payload = base64.b64encode(mulaw[i * 160 : (i + 1) * 160]).decode()
+        text = (
+            f'{{"event":"media","sequenceNumber":"{i + 2}","streamSid":"{SID}","media":{{"track":"inbound",'
+            f'"chunk":"{i + 1}","timestamp":"{i * 20}","payload":"{payload}"}}}}'
+        )
+        t0 = time.perf_counter_ns()
+        out = [realtime.serialize(c, "evt_1") for c in call.receive_twilio(twilio.parse(text), i * 0.02)]
+        costs.append((time.perf_counter_ns() - t0) / 1000)
+        assert len(out) == 1
+    return costs
+
+
+def bench_outbound(call: Call) -> tuple[list[float], list[float]]:
+    pcm = speechlike(FRAMES * 480, 24_000, 2).tobytes()
+    per_delta_frames = DELTA_MS // 20
+    costs, echo_costs = [], []
+    call.receive_realtime(realtime.ResponseCreated("resp_1"), 0.0)
+    step = DELTA_MS * 48
+    for k, i in enumerate(range(0, len(pcm), step)):
+        text = json.dumps(
+            {
+                "type": "response.output_audio.delta",
+                "event_id": f"e{k}",
+                "response_id": "resp_1",
+                "item_id": "item_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": base64.b64encode(pcm[i : i + step]).decode(),
+            }
+        )
+        t0 = time.perf_counter_ns()
+        commands = call.receive_realtime(realtime.parse(text), k * 0.1)
+        out = [twilio.serialize(c) for c in commands if isinstance(c, twilio.SendMedia | twilio.SendMark)]
+        costs.append((time.perf_counter_ns() - t0) / 1000 / per_delta_frames)
+        for msg in out:
+            if '"mark"' in msg:
+                name = json.loads(msg)["mark"]["name"]
+                echo = json.dumps(
+                    {"event": "mark", "sequenceNumber": "9", "streamSid": SID, "mark": {"name": name}}
+                )
+                t1 = time.perf_counter_ns()
+                call.receive_twilio(twilio.parse(echo), k * 0.1)
+                echo_costs.append((time.perf_counter_ns() - t1) / 1000)
+    return costs, echo_costs
+
+
+def main() -> None:
+    rounds = []
+    for _ in range(3):
+        call = make_call()
+        inbound = bench_inbound(call)
+        outbound, echoes = bench_outbound(call)
+        rounds.append((inbound, outbound, echoes))
+    inbound = [x for r in rounds for x in r[0]]
+    outbound = [x for r in rounds for x in r[1]]
+    echoes = [x for r in rounds for x in r[2]]
+    med_in, med_out, med_echo = (statistics.median(v) for v in (inbound, outbound, echoes))
+    per_20ms = med_in + med_out + med_echo
+    print("per 20 ms of call, real code path (parse -> Call + transcoder -> serialize), µs:")
+    print(f"  caller -> model  median {med_in:7.1f}   p99 {_pct(inbound, 99):7.1f}")
+    print(
+        f"  model -> caller  median {med_out:7.1f}   p99 {_pct(outbound, 99):7.1f}"
+        "   (a frame, from 100 ms deltas)"
+    )
+    print(f"  mark echo        median {med_echo:7.1f}   p99 {_pct(echoes, 99):7.1f}")
+    print(
+        f"  both directions  {per_20ms:7.1f} µs per 20 ms"
+        f" = {per_20ms / 20_000 * 100:.2f} % of a core per call"
+    )
+    print(f"  => about {int(20_000 / per_20ms)} concurrent calls per core, before sockets and asyncio")
+    print(
+        "added latency: processing as above (tens of µs)"
+        " + transcoder group delay (see bench.audio), per direction"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Service settings, read once from the environment (and ``.env``).
+
+``Settings.from_env(mapping)`` is pure: it checks every variable and raises one ``ConfigError`` that lists
+every problem at once. Messages name the variable, never the value of a secret.
+
+    OPENAI_API_KEY          required (secret)
+    OPENAI_REALTIME_URL     ws:// or wss://, default wss://api.openai.com/v1/realtime (model added as ?model=)
+    OPENAI_REALTIME_MODEL   default gpt-realtime-2.1 (Azure: the deployment name)
+    TWILIO_ACCOUNT_SID      optional, AC + 32 hex
+    TWILIO_AUTH_TOKEN       required (secret); signs Twilio's webhooks
+    PUBLIC_BASE_URL         required, https://host[:port][/prefix], the URL Twilio reaches us at
+    AGENTS_FILE             default agents.toml
+    PORT                    default 8080
+    LOG_LEVEL               default INFO
+    STREAM_TOKEN_SECRET     optional (secret, >= 16 chars); else derived from TWILIO_AUTH_TOKEN
+    STREAM_TOKEN_TTL_S      default 300: how long after the webhook a media stream may start
+    STREAM_SIGNATURE        require (default) | allow-missing: a media upgrade without X-Twilio-Signature
+    RECORD_CALLS_DIR        optional: write each call as JSONL there
+    LOG_PAYLOADS            default false
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+from service.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_REALTIME_MODEL",
+    "DEFAULT_REALTIME_URL",
+    "DEPRECATED_MODELS",
+    "MEDIA_PATH",
+    "VOICE_PATH",
+    "Settings",
+    "StreamSignature",
+    "load_settings",
+]
+
+VOICE_PATH = "/twilio/voice"
+MEDIA_PATH = "/twilio/media"
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
+# Shutdown announced for 2027-01-20 (openai SDK, realtime_session_create_request.py).
+DEPRECATED_MODELS = frozenset(
+    {
+        "gpt-realtime",
+        "gpt-realtime-2025-08-28",
+        "gpt-realtime-mini",
+        "gpt-realtime-mini-2025-12-15",
+        "gpt-audio-mini",
+        "gpt-audio-mini-2025-12-15",
+    }
+)
+
+StreamSignature = Literal["require", "allow-missing"]
+_STREAM_SIGNATURES: tuple[StreamSignature, ...] = ("require", "allow-missing")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_TOKEN_SECRET_LABEL = b"dialtone/stream-token/v1"
+_MIN_TOKEN_SECRET_CHARS = 16
+_MAX_TOKEN_TTL_S = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated settings. Build with ``from_env``; secrets are kept out of ``repr``."""
+
+    openai_api_key: str = field(repr=False)
+    twilio_auth_token: str = field(repr=False)
+    public_base_url: str
+    stream_token_secret: bytes = field(repr=False)
+    openai_realtime_url: str = DEFAULT_REALTIME_URL
+    openai_realtime_model: str = DEFAULT_REALTIME_MODEL
+    twilio_account_sid: str | None = None
+    agents_file: Path = Path("agents.toml")
+    port: int = 8080
+    log_level: str = "INFO"
+    stream_token_ttl_s: int = 300
+    stream_signature: StreamSignature = "require"
+    record_calls_dir: Path | None = None
+    log_payloads: bool = False
+    truncate_slack_ms: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read and check every variable; raise ``ConfigError`` naming all the bad ones."""
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None:
+                return None
+            value = value.strip()
+            return value or None
+
+        def required(name: str) -> str:
+            value = get(name)
+            if value is None:
+                problems.append(f"{name}: required")
+                return ""
+            return value
+
+        api_key = required("OPENAI_API_KEY")
+        auth_token = required("TWILIO_AUTH_TOKEN")
+
+        public_base_url = get("PUBLIC_BASE_URL")
+        if public_base_url is None:
+            problems.append("PUBLIC_BASE_URL: required (the https:// URL Twilio reaches this service at)")
+            public_base_url = ""
+        else:
+            problem = _public_base_url_problem(public_base_url)
+            if problem:
+                problems.append(f"PUBLIC_BASE_URL: {problem}")
+            public_base_url = public_base_url.rstrip("/")
+
+        realtime_url = get("OPENAI_REALTIME_URL") or DEFAULT_REALTIME_URL
+        problem = _realtime_url_problem(realtime_url)
+        if problem:
+            problems.append(f"OPENAI_REALTIME_URL: {problem}")
+
+        model = get("OPENAI_REALTIME_MODEL") or DEFAULT_REALTIME_MODEL
+        if not _MODEL.fullmatch(model):
+            problems.append(
+                "OPENAI_REALTIME_MODEL: must be a model or deployment name (letters, digits, ._:-)"
+            )
+
+        account_sid = get("TWILIO_ACCOUNT_SID")
+        if account_sid is not None and not _ACCOUNT_SID.fullmatch(account_sid):
+            problems.append("TWILIO_ACCOUNT_SID: must be AC followed by 32 hex digits")
+
+        agents_file = Path(get("AGENTS_FILE") or "agents.toml")
+        port = _int_in(get("PORT"), "PORT", 8080, 1, 65535, problems)
+        ttl_s = _int_in(get("STREAM_TOKEN_TTL_S"), "STREAM_TOKEN_TTL_S", 300, 10, _MAX_TOKEN_TTL_S, problems)
+
+        log_level = (get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in _LOG_LEVELS:
+            problems.append(f"LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)} (got {_show(log_level)})")
+            log_level = "INFO"
+
+        signature_mode: StreamSignature = "require"
+        raw_mode = (get("STREAM_SIGNATURE") or "require").lower()
+        for mode in _STREAM_SIGNATURES:
+            if raw_mode == mode:
+                signature_mode = mode
+                break
+        else:
+            problems.append(f"STREAM_SIGNATURE: must be require or allow-missing (got {_show(raw_mode)})")
+
+        raw_secret = get("STREAM_TOKEN_SECRET")
+        if raw_secret is not None:
+            if len(raw_secret) < _MIN_TOKEN_SECRET_CHARS:
+                problems.append(f"STREAM_TOKEN_SECRET: must be at least {_MIN_TOKEN_SECRET_CHARS} characters")
+            secret = raw_secret.encode("utf-8")
+        else:
+            secret = derive_stream_token_secret(auth_token)
+
+        record_dir = get("RECORD_CALLS_DIR")
+        slack_ms = _int_in(get("TRUNCATE_SLACK_MS"), "TRUNCATE_SLACK_MS", 0, 0, 200, problems)
+        log_payloads = _bool(get("LOG_PAYLOADS"), "LOG_PAYLOADS", problems)
+
+        if problems:
+            raise ConfigError(problems, source="settings")
+        return cls(
+            openai_api_key=api_key,
+            twilio_auth_token=auth_token,
+            public_base_url=public_base_url,
+            stream_token_secret=secret,
+            openai_realtime_url=realtime_url,
+            openai_realtime_model=model,
+            twilio_account_sid=account_sid,
+            agents_file=agents_file,
+            port=port,
+            log_level=log_level,
+            stream_token_ttl_s=ttl_s,
+            stream_signature=signature_mode,
+            record_calls_dir=Path(record_dir) if record_dir is not None else None,
+            log_payloads=log_payloads,
+            truncate_slack_ms=slack_ms,
+        )
+
+    @property
+    def is_azure(self) -> bool:
+        host = urlsplit(self.openai_realtime_url).hostname or ""
+        return host.endswith(".openai.azure.com")
+
+    @property
+    def realtime_auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate the Realtime socket: ``api-key`` on Azure, a Bearer token elsewhere."""
+        if self.is_azure:
+            return {"api-key": self.openai_api_key}
+        return {"Authorization": f"Bearer {self.openai_api_key}"}
+
+    def realtime_connect_url(self, model: str | None = None) -> str:
+        """The Realtime URL with ``model`` (default: the configured one) set, other query parameters kept."""
+        parts = urlsplit(self.openai_realtime_url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
+        query.append(("model", model or self.openai_realtime_model))
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    def public_https_url(self, path: str) -> str:
+        """``https://<public host>[/prefix]<path>``: the URL Twilio signs for a webhook."""
+        return self.public_base_url + _slash(path)
+
+    def public_wss_url(self, path: str) -> str:
+        """``wss://<public host>[/prefix]<path>``: the stream URL put in TwiML (and signed on upgrade)."""
+        return "wss://" + self.public_base_url.removeprefix("https://") + _slash(path)
+
+
+def derive_stream_token_secret(auth_token: str) -> bytes:
+    """A stream-token key derived from the Twilio auth token (HMAC with a fixed label)."""
+    return hmac.new(auth_token.encode("utf-8"), _TOKEN_SECRET_LABEL, hashlib.sha256).digest()
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv_path: str | Path | None = ".env"
+) -> Settings:
+    """Settings from ``.env`` (if the file exists) overlaid by the environment, which wins."""
+    env: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+    return Settings.from_env(env)
+
+
+def _public_base_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        return "must start with https:// (Twilio requires TLS for webhooks and media streams)"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain user info"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return "must not have a query string or fragment"
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port lazily
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
+def _realtime_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        return "must start with ws:// or wss://"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.fragment:
+        return "must not have a fragment"
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port lazily
+    except ValueError:
+        return "has an invalid port"
+    names = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if {"api-version", "deployment"} & names:
+        return (
+            "the Azure preview API (api-version/deployment) is retired; "
+            "use wss://<resource>.openai.azure.com/openai/v1/realtime"
+        )
+    return None
+
+
+def _int_in(raw: str | None, name: str, default: int, low: int, high: int, problems: list[str]) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        problems.append(f"{name}: must be an integer from {low} to {high} (got {_show(raw)})")
+        return default
+    return value
+
+
+def _bool(raw: str | None, name: str, problems: list[str]) -> bool:
+    if raw is None:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() not in _FALSE:
+        problems.append(f"{name}: must be true or false (got {_show(raw)})")
+    return False
+
+
+def _show(value: str) -> str:
+    """A non-secret value, shortened for a message."""
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
+def _slash(path: str) -> str:
+    return path if path.startswith("/") else "/" + path

@@ -1,0 +1,618 @@
+"""A local stand-in for Twilio and a human caller, against a running Dialtone server.
+
+:func:`place_call` does what Twilio does for an inbound call (``shared/reference/twilio.md``):
+
+1. POSTs the signed voice webhook (form fields of an inbound call, ``X-Twilio-Signature`` computed
+   by twilio's ``RequestValidator`` over the *public* URL) and parses the TwiML. Without
+   ``<Connect><Stream>`` the call ends there (e.g. ``<Say>`` + ``<Hangup/>``).
+2. Opens the media WebSocket on the local server at the path of the ``<Stream url>``, signing the
+   exact ``wss://`` URL with empty params, and sends ``connected``, ``start`` (the ``<Parameter>``s
+   as ``customParameters``) and then one 20 ms ``media`` frame (160 bytes of mu-law) every 20 ms of
+   stream time, silence (0xFF) when the caller is not speaking. Stream time runs ``speed`` times
+   faster than the wall clock.
+3. Plays what the server sends like Twilio: ``media`` payloads queue up and play at 8 bytes per ms
+   of stream time; a ``mark`` is echoed when the audio queued before it has played (at once if
+   nothing is queued); ``clear`` empties the queue and echoes every pending mark at once.
+4. Follows the caller's script (:mod:`service.sim.script`: ``Say`` / ``HangUp`` with triggers),
+   then hangs up (``stop``, then close) once the agent has been quiet, or at ``max_duration_ms``.
+   If the server closes the socket first, Twilio would run the verbs after ``</Connect>``: the
+   record says so.
+
+Everything is recorded in a :class:`CallRecord` (stream ms everywhere), including protocol errors
+by the server that real Twilio would not accept (non-JSON, unknown event, wrong ``streamSid``,
+payload that is not base64 mu-law): tests assert there are none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import math
+import secrets
+import urllib.error
+import urllib.request
+import wave
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit
+
+import numpy as np
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from service.sim.script import (
+    AfterAgentSilent,
+    AfterAgentStarted,
+    At,
+    Clip,
+    HangUp,
+    Step,
+    Trigger,
+    pcm16_to_ulaw,
+    ulaw_decode,
+)
+
+logger = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+FRAME_MS = 20
+BYTES_PER_MS = 8
+FRAME_BYTES = FRAME_MS * BYTES_PER_MS
+SILENCE = b"\xff" * FRAME_BYTES
+Signature = Literal["valid", "forged", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    """A TwiML verb outside ``<Connect>``: its tag, text and attributes."""
+
+    name: str
+    text: str
+    attributes: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEcho:
+    name: str
+    stream_ms: float
+    flushed: bool  # echoed because of a clear, so never played
+
+
+@dataclass(frozen=True, slots=True)
+class ClearRecord:
+    stream_ms: float
+    played_ms: float  # agent audio played in the current playback run (since the buffer was last empty)
+    discarded_ms: float  # agent audio still queued, thrown away
+    last_played_mark: str | None  # the last mark echoed because its audio had played
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """Everything that happened on one simulated call. Times are stream ms (0 = ``start`` sent)."""
+
+    call_sid: str
+    account_sid: str
+    stream_sid: str
+    speed: float
+    webhook_status: int = 0
+    webhook_content_type: str = ""
+    twiml: str = ""
+    before_connect: list[Verb] = field(default_factory=list)
+    stream_url: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    after_connect: list[Verb] = field(default_factory=list)
+    ws_status: int | None = None  # HTTP status when the media socket handshake was rejected
+    received: list[tuple[float, Json]] = field(default_factory=list)
+    sent: list[tuple[float, Json]] = field(default_factory=list)  # media frames left out (see spoken)
+    spoken: list[tuple[int, bytes]] = field(default_factory=list)  # (media timestamp, mu-law) sent
+    heard: list[tuple[float, bytearray]] = field(default_factory=list)  # (start, mu-law) played
+    says: list[tuple[float, str]] = field(default_factory=list)  # (start, clip name)
+    marks: list[MarkEcho] = field(default_factory=list)
+    clears: list[ClearRecord] = field(default_factory=list)
+    protocol_errors: list[str] = field(default_factory=list)
+    end_reason: str = ""  # caller_hangup | server_closed | max_duration | webhook_rejected | no_stream | ...
+    runs_after_connect: bool = False  # the server closed the stream: Twilio runs the verbs after it
+    close_code: int | None = None
+    close_reason: str = ""
+    duration_ms: float = 0.0
+
+    @property
+    def heard_runs(self) -> list[tuple[float, float]]:
+        """(start, end) stream ms of each contiguous stretch of agent audio played."""
+        return [(start, start + len(data) / BYTES_PER_MS) for start, data in self.heard]
+
+    @property
+    def agent_audio_ms(self) -> float:
+        return sum(len(data) for _, data in self.heard) / BYTES_PER_MS
+
+    def write_stereo_wav(self, path: Path | str) -> None:
+        """8 kHz PCM16 stereo: left = what the caller sent, right = agent audio as heard."""
+        ends = [ts + len(data) / BYTES_PER_MS for ts, data in self.spoken]
+        ends += [end for _, end in self.heard_runs] + [self.duration_ms]
+        frames = math.ceil(max(ends) * BYTES_PER_MS)
+        stereo = np.zeros((frames, 2), dtype=np.int16)
+        for column, segments in ((0, self.spoken), (1, self.heard)):
+            for start, data in segments:
+                i = round(start * BYTES_PER_MS)
+                stereo[i : i + len(data), column] = ulaw_decode(bytes(data))[: frames - i]
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(8_000)
+            w.writeframes(stereo.astype("<i2").tobytes())
+
+
+class Playback:
+    """Twilio's outbound audio buffer on the stream clock (pure: the caller passes ``now_ms``)."""
+
+    def __init__(self, heard: list[tuple[float, bytearray]]) -> None:
+        self._queue: deque[bytes | str] = deque()  # audio chunks and mark names, in arrival order
+        self._offset = 0  # bytes of the head chunk already played
+        self._cursor_ms = 0.0  # playback has been simulated up to here
+        self._heard = heard
+        self.run_played_ms = 0.0
+        self.last_played_mark: str | None = None
+        self.last_end_ms: float | None = None  # when the buffer last ran dry after playing
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(len(x) for x in self._queue if isinstance(x, bytes)) - self._offset
+
+    def advance(self, now_ms: float) -> list[str]:
+        """Play up to ``now_ms``; return the marks whose audio has now played."""
+        marks: list[str] = []
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, str):
+                self._queue.popleft()
+                marks.append(head)
+                self.last_played_mark = head
+                continue
+            count = min(len(head) - self._offset, int((now_ms - self._cursor_ms) * BYTES_PER_MS))
+            if count <= 0:
+                break
+            self._play(head[self._offset : self._offset + count])
+            self._offset += count
+            if self._offset == len(head):
+                self._queue.popleft()
+                self._offset = 0
+                if self.pending_bytes == 0:
+                    self.last_end_ms = self._cursor_ms
+        if self.pending_bytes == 0:
+            self._cursor_ms = max(self._cursor_ms, now_ms)
+        return marks
+
+    def _play(self, data: bytes) -> None:
+        if self._heard:
+            start, last = self._heard[-1]
+            if abs(start + len(last) / BYTES_PER_MS - self._cursor_ms) < 1e-6:
+                last.extend(data)
+                self._cursor_ms += len(data) / BYTES_PER_MS
+                self.run_played_ms += len(data) / BYTES_PER_MS
+                return
+        self._heard.append((self._cursor_ms, bytearray(data)))
+        self._cursor_ms += len(data) / BYTES_PER_MS
+        self.run_played_ms += len(data) / BYTES_PER_MS
+
+    def push_audio(self, data: bytes, now_ms: float) -> None:
+        if self.pending_bytes == 0:
+            self._cursor_ms = max(self._cursor_ms, now_ms)
+            self.run_played_ms = 0.0
+        self._queue.append(data)
+
+    def push_mark(self, name: str) -> bool:
+        """Queue a mark; True if it is due at once (nothing left to play)."""
+        if self.pending_bytes == 0 and not self._queue:
+            self.last_played_mark = name
+            return True
+        self._queue.append(name)
+        return False
+
+    def clear(self) -> tuple[float, list[str]]:
+        """Drop everything queued: (ms of audio discarded, marks flushed)."""
+        discarded_ms = self.pending_bytes / BYTES_PER_MS
+        flushed = [x for x in self._queue if isinstance(x, str)]
+        if discarded_ms > 0:
+            self.last_end_ms = self._cursor_ms
+        self._queue.clear()
+        self._offset = 0
+        return discarded_ms, flushed
+
+    def next_mark_due_ms(self) -> float | None:
+        due = self._cursor_ms - self._offset / BYTES_PER_MS
+        for x in self._queue:
+            if isinstance(x, str):
+                return due
+            due += len(x) / BYTES_PER_MS
+        return None
+
+
+def parse_twiml(body: str, record: CallRecord) -> bool:
+    """Fill the TwiML part of ``record``; True if there is a ``<Connect><Stream>``."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        record.protocol_errors.append("webhook response is not XML")
+        return False
+    if root.tag != "Response":
+        record.protocol_errors.append(f"TwiML root is <{root.tag}>, not <Response>")
+        return False
+    verbs = list(root)
+    index = next((i for i, v in enumerate(verbs) if v.tag == "Connect"), None)
+
+    def verb(v: ET.Element) -> Verb:
+        return Verb(v.tag, (v.text or "").strip(), dict(v.attrib))
+
+    if index is None:
+        record.before_connect = [verb(v) for v in verbs]
+        return False
+    record.before_connect = [verb(v) for v in verbs[:index]]
+    record.after_connect = [verb(v) for v in verbs[index + 1 :]]
+    stream = verbs[index].find("Stream")
+    if stream is None:
+        record.protocol_errors.append("<Connect> without <Stream>")
+        return False
+    url = stream.get("url", "")
+    record.stream_url = url
+    record.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    if not url.startswith("wss://"):
+        record.protocol_errors.append("31922: <Stream url> must be an absolute wss:// URL")
+    if "?" in url:
+        record.protocol_errors.append("<Stream url> must not have a query string (use <Parameter>)")
+    if stream.get("track", "inbound_track") != "inbound_track":
+        record.protocol_errors.append("31941: <Connect><Stream> only supports track inbound_track")
+    for name, value in record.parameters.items():
+        if len(name) + len(value) >= 500:
+            record.protocol_errors.append(f"<Parameter {name}> is 500 characters or more")
+    return not record.protocol_errors
+
+
+def _post_form(url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, data=urlencode(params).encode(), method="POST")
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    request.add_header("User-Agent", "TwilioProxy/1.1")
+    for name, value in headers.items():
+        request.add_header(name, value)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as response:
+            body = response.read().decode("utf-8", errors="replace")
+            return int(response.status), response.headers.get("Content-Type", ""), body
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", errors="replace")
+        return int(exc.code), exc.headers.get("Content-Type", ""), body
+
+
+def _sign(auth_token: str, url: str, params: Mapping[str, str], mode: Signature) -> dict[str, str]:
+    if mode == "missing":
+        return {}
+    token = auth_token if mode == "valid" else "forged-" + auth_token
+    return {"X-Twilio-Signature": str(RequestValidator(token).compute_signature(url, dict(params)))}
+
+
+class _Call:
+    """Runs the media stream of one call (the script, the frame clock, playback)."""
+
+    def __init__(self, ws: ClientConnection, record: CallRecord, steps: list[Step], *, gaps: Sequence[
+        tuple[int, int]], max_duration_ms: int) -> None:  # fmt: skip
+        self._ws = ws
+        self._record = record
+        self._steps = steps
+        self._gaps = gaps
+        self._max_duration_ms = max_duration_ms
+        self._playback = Playback(record.heard)
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
+        self._sequence = 0
+        self._outgoing: deque[bytes] = deque()  # caller speech, one frame per entry
+        self._ref_ms = 0.0  # the end of the previous step: triggers count from here
+        self._changed = asyncio.Event()
+        self._server_closed = asyncio.Event()
+
+    def now_ms(self) -> float:
+        return (self._loop.time() - self._t0) * 1000 * self._record.speed
+
+    async def _send(self, message: Json) -> None:
+        if message["event"] != "media":
+            self._record.sent.append((self.now_ms(), message))
+        await self._ws.send(json.dumps(message))
+
+    def _next_sequence(self) -> str:
+        self._sequence += 1
+        return str(self._sequence)
+
+    async def run(self) -> None:
+        record = self._record
+        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        self._t0 = self._loop.time()
+        await self._send({
+            "event": "start", "sequenceNumber": self._next_sequence(), "streamSid": record.stream_sid,
+            "start": {
+                "accountSid": record.account_sid, "streamSid": record.stream_sid, "callSid": record.call_sid,
+                "tracks": ["inbound"], "customParameters": dict(record.parameters),
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        })  # fmt: skip
+        tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._playout())]
+        try:
+            await self._media_loop()
+        except ConnectionClosed:  # the server closed the socket while a frame was being sent
+            record.end_reason = record.end_reason or "server_closed"
+            record.runs_after_connect = record.end_reason == "server_closed"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            now = self.now_ms()
+            self._playback.advance(now)
+            record.duration_ms = now
+            if self._ws.close_code is None:
+                await self._ws.close()
+            if record.close_code is None:
+                record.close_code = self._ws.close_code
+                record.close_reason = self._ws.close_reason or ""
+
+    async def _media_loop(self) -> None:
+        record = self._record
+        frame = 0
+        while True:
+            due_ms = frame * FRAME_MS
+            delay_s = (due_ms - self.now_ms()) / record.speed / 1000
+            if delay_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._server_closed.wait(), delay_s)
+            if self._server_closed.is_set():
+                record.end_reason = "server_closed"
+                record.runs_after_connect = True
+                return
+            if due_ms >= self._max_duration_ms:
+                record.end_reason = "max_duration"
+                await self._hang_up()
+                return
+            now = self.now_ms()
+            for name in self._playback.advance(now):
+                await self._echo(name, now, flushed=False)
+            if self._run_script(due_ms):
+                record.end_reason = "caller_hangup"
+                await self._hang_up()
+                return
+            payload = self._outgoing.popleft() if self._outgoing else SILENCE
+            if not self._outgoing and payload is not SILENCE:
+                self._ref_ms = due_ms + FRAME_MS  # the caller finished speaking
+            if not any(start <= due_ms < end for start, end in self._gaps):
+                record.spoken.append((due_ms, payload))
+                await self._send({
+                    "event": "media", "sequenceNumber": self._next_sequence(), "streamSid": record.stream_sid,
+                    "media": {"track": "inbound", "chunk": str(len(record.spoken)), "timestamp": str(due_ms),
+                              "payload": base64.b64encode(payload).decode("ascii")},
+                })  # fmt: skip
+            frame += 1
+
+    async def _hang_up(self) -> None:
+        record = self._record
+        stop = {"accountSid": record.account_sid, "callSid": record.call_sid}
+        await self._send({"event": "stop", "sequenceNumber": self._next_sequence(),
+                          "streamSid": record.stream_sid, "stop": stop})  # fmt: skip
+        await self._ws.close()
+
+    # --- the caller's script -------------------------------------------------------------------
+
+    def _run_script(self, now_ms: float) -> bool:
+        """Start the steps whose trigger fired; True when the caller hangs up."""
+        while self._steps and not self._outgoing and self._fired(self._steps[0].after, now_ms):
+            step = self._steps.pop(0)
+            if isinstance(step, HangUp):
+                return True
+            self._say(step.clip, now_ms)
+        return False
+
+    def _say(self, clip: Clip, now_ms: float) -> None:
+        samples = np.frombuffer(clip.pcm, dtype="<i2")
+        if clip.rate_hz != 8_000:
+            positions = np.arange(len(samples) * 8_000 // clip.rate_hz) * (clip.rate_hz / 8_000)
+            samples = np.interp(positions, np.arange(len(samples)), samples).astype(np.int16)
+        ulaw = pcm16_to_ulaw(samples.astype("<i2").tobytes())
+        ulaw += SILENCE[: -len(ulaw) % FRAME_BYTES]
+        self._outgoing.extend(ulaw[i : i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES))
+        self._record.says.append((now_ms, clip.name))
+        logger.debug("= caller says %s at %.0f ms", clip.name, now_ms)
+
+    def _fired(self, trigger: Trigger, now_ms: float) -> bool:
+        if isinstance(trigger, At):
+            return now_ms >= trigger.stream_ms
+        if trigger.timeout_ms is not None and now_ms - self._ref_ms >= trigger.timeout_ms:
+            return True
+        played = [
+            (max(start, self._ref_ms), end) for start, end in self._record.heard_runs if end > self._ref_ms
+        ]
+        if not played:
+            return False
+        if isinstance(trigger, AfterAgentStarted):
+            return now_ms >= played[0][0] + trigger.delay_ms
+        assert isinstance(trigger, AfterAgentSilent)
+        last_end = self._playback.last_end_ms
+        idle = self._playback.pending_bytes == 0 and last_end is not None
+        return idle and last_end is not None and now_ms - last_end >= trigger.silence_ms
+
+    # --- what the server sends -----------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        try:
+            async for raw in self._ws:
+                await self._on_message(raw, self.now_ms())
+        except ConnectionClosed:
+            pass
+        self._record.close_code = self._ws.close_code
+        self._record.close_reason = self._ws.close_reason or ""
+        self._server_closed.set()
+
+    def _error(self, text: str) -> None:
+        logger.debug("! protocol error: %s", text)
+        self._record.protocol_errors.append(text)
+
+    async def _on_message(self, raw: str | bytes, now_ms: float) -> None:
+        if isinstance(raw, bytes):
+            self._error("binary frame (Media Streams messages are JSON text)")
+            return
+        try:
+            message = json.loads(raw)
+        except (ValueError, RecursionError):
+            self._error("message is not JSON")
+            return
+        if not isinstance(message, dict):
+            self._error("message is not a JSON object")
+            return
+        self._record.received.append((now_ms, message))
+        event = message.get("event")
+        if event not in ("media", "mark", "clear"):
+            self._error(f"unknown event {event!r}")
+            return
+        if message.get("streamSid") != self._record.stream_sid:
+            self._error(f"{event} with a streamSid that is not this stream's")
+            return
+        for name in self._playback.advance(now_ms):
+            await self._echo(name, now_ms, flushed=False)
+        if event == "media":
+            self._on_media(message, now_ms)
+        elif event == "mark":
+            mark = message.get("mark")
+            mark_name = mark.get("name") if isinstance(mark, dict) else None
+            if not isinstance(mark_name, str) or not mark_name:
+                self._error("mark without mark.name")
+            elif self._playback.push_mark(mark_name):
+                await self._echo(mark_name, now_ms, flushed=False)
+        else:
+            played_ms = self._playback.run_played_ms if self._playback.pending_bytes else 0.0
+            discarded_ms, flushed = self._playback.clear()
+            self._record.clears.append(
+                ClearRecord(now_ms, played_ms, discarded_ms, self._playback.last_played_mark)
+            )
+            for name in flushed:
+                await self._echo(name, now_ms, flushed=True)
+        self._changed.set()
+
+    def _on_media(self, message: Json, now_ms: float) -> None:
+        media = message.get("media")
+        payload = media.get("payload") if isinstance(media, dict) else None
+        if not isinstance(payload, str):
+            self._error("media without media.payload")
+            return
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            self._error("media payload is not base64")
+            return
+        if not data:
+            self._error("media with an empty payload")
+        elif data[:4] == b"RIFF":
+            self._error("media payload starts with a WAV header (raw mu-law expected)")
+        else:
+            self._playback.push_audio(data, now_ms)
+
+    async def _echo(self, name: str, now_ms: float, *, flushed: bool) -> None:
+        self._record.marks.append(MarkEcho(name, now_ms, flushed))
+        await self._send({"event": "mark", "sequenceNumber": self._next_sequence(),
+                          "streamSid": self._record.stream_sid, "mark": {"name": name}})  # fmt: skip
+
+    async def _playout(self) -> None:
+        """Echo each mark when the audio before it has played."""
+        while True:
+            now = self.now_ms()
+            for name in self._playback.advance(now):
+                await self._echo(name, now, flushed=False)
+            due = self._playback.next_mark_due_ms()
+            self._changed.clear()
+            timeout_s = None if due is None else max(due - now, 0.0) / self._record.speed / 1000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+
+async def place_call(
+    server_http_base: str,
+    *,
+    auth_token: str,
+    public_base_url: str,
+    script: Sequence[Step] = (),
+    to: str = "+15551230001",
+    from_: str = "+15557654321",
+    account_sid: str | None = None,
+    speed: float = 1.0,
+    ws_base: str | None = None,
+    voice_path: str = "/twilio/voice",
+    webhook_signature: Signature = "valid",
+    stream_signature: Signature = "valid",
+    parameter_overrides: Mapping[str, str | None] | None = None,
+    gaps: Sequence[tuple[int, int]] = (),
+    end_silence_ms: int = 1500,
+    end_timeout_ms: int = 10_000,
+    max_duration_ms: int = 60_000,
+) -> CallRecord:
+    """Place one inbound call against ``server_http_base`` (e.g. ``http://127.0.0.1:8080``).
+
+    ``public_base_url`` is the server's ``PUBLIC_BASE_URL``: the webhook is signed for
+    ``public_base_url + voice_path``. The media socket goes to ``ws_base`` (default: the server's
+    base with a ``ws`` scheme) plus the path of the ``<Stream url>``. ``webhook_signature`` /
+    ``stream_signature`` forge or omit the signatures; ``parameter_overrides`` replaces (str) or
+    drops (None) ``<Parameter>`` values before ``start``. ``gaps``: stream-ms windows in which no
+    media frame is sent (their timestamps are skipped). After the script, the caller hangs up once
+    the agent has been silent ``end_silence_ms`` (or ``end_timeout_ms`` after the last step if the
+    agent says nothing); ``max_duration_ms`` of stream time is a hard cap.
+    """
+    record = CallRecord(
+        call_sid="CA" + secrets.token_hex(16),
+        account_sid=account_sid or "AC" + secrets.token_hex(16),
+        stream_sid="MZ" + secrets.token_hex(16),
+        speed=speed,
+    )
+    params = {
+        "AccountSid": record.account_sid, "ApiVersion": "2010-04-01", "CallSid": record.call_sid,
+        "CallStatus": "ringing", "Called": to, "Caller": from_, "Direction": "inbound", "From": from_,
+        "To": to,
+    }  # fmt: skip
+    public_url = public_base_url.rstrip("/") + voice_path
+    headers = _sign(auth_token, public_url, params, webhook_signature)
+    status, content_type, body = await asyncio.to_thread(
+        _post_form, server_http_base.rstrip("/") + voice_path, params, headers
+    )
+    record.webhook_status, record.webhook_content_type, record.twiml = status, content_type, body
+    logger.debug("< webhook %s", status)
+    if status != 200:
+        record.end_reason = "webhook_rejected"
+        return record
+    if "xml" not in content_type:
+        record.protocol_errors.append(f"webhook answered {content_type!r}, not XML")
+    if not parse_twiml(body, record) or record.stream_url is None:
+        record.end_reason = "no_stream"
+        return record
+    for name, value in (parameter_overrides or {}).items():
+        if value is None:
+            record.parameters.pop(name, None)
+        else:
+            record.parameters[name] = value
+    base = ws_base or "ws" + server_http_base.rstrip("/").removeprefix("http")
+    ws_headers = _sign(auth_token, record.stream_url, {}, stream_signature)
+    try:
+        ws = await connect(
+            base + urlsplit(record.stream_url).path, additional_headers=ws_headers, proxy=None,
+            user_agent_header="Twilio.TmeWs/1.0", open_timeout=10,
+        )  # fmt: skip
+    except InvalidStatus as exc:
+        record.ws_status = exc.response.status_code
+        record.end_reason = "stream_rejected"
+        return record
+    steps: list[Step] = list(script)
+    if not steps or not isinstance(steps[-1], HangUp):
+        steps.append(HangUp(AfterAgentSilent(end_silence_ms, timeout_ms=end_timeout_ms)))
+    call = _Call(ws, record, steps, gaps=gaps, max_duration_ms=max_duration_ms)
+    await call.run()
+    logger.debug("= call %s ended: %s", record.call_sid, record.end_reason)
+    return record

@@ -1,0 +1,278 @@
+"""End to end over real sockets on 127.0.0.1: hypercorn + Dialtone, the Realtime simulator, the Twilio
+caller simulator. These are the slowest tests (a few seconds each): the caller speaks in stream time,
+4x faster than real time, except where playback timing is what is being checked."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai_schema import check_client_event
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+
+from service.sim.caller import CallRecord, place_call
+from service.sim.realtime_server import Fault, RealtimeSimulator, SimConnection
+from service.sim.script import AfterAgentSilent, AfterAgentStarted, HangUp, ReplyScript, Say, load_clip
+from service.sim.stack import API_KEY, DEFAULT_AGENTS_FILE, LocalStack
+
+pytestmark = pytest.mark.timeout(90)
+
+QUESTION = load_clip("caller_question")
+FOLLOWUP = load_clip("caller_followup")
+INTERRUPT = load_clip("caller_interrupt")
+
+
+async def call(stack: LocalStack, to: str = "+15551239999", **kwargs: Any) -> CallRecord:
+    kwargs.setdefault("speed", 4.0)
+    return await place_call(stack.http_base, **stack.call_kwargs(to=to, **kwargs))
+
+
+async def closed(conn: SimConnection) -> None:
+    await asyncio.wait_for(conn.closed.wait(), 10)
+
+
+def appended_bytes(conn: SimConnection) -> int:
+    return sum(
+        len(base64.b64decode(e["audio"]))
+        for e in conn.client_events
+        if e["type"] == "input_audio_buffer.append"
+    )
+
+
+def sent_types(conn: SimConnection) -> list[str]:
+    return [e["type"] for e in conn.client_events if e["type"] != "input_audio_buffer.append"]
+
+
+def assert_clean(record: CallRecord, conn: SimConnection) -> None:
+    assert record.protocol_errors == []
+    assert conn.anomalies == []
+    errors = [e for e in conn.server_events if e["type"] == "error"]
+    assert errors == []
+    for event in conn.client_events:  # every event we send is a GA client event, no unknown keys
+        check_client_event(event)
+
+
+async def test_greeting_then_question_and_answer() -> None:
+    async with LocalStack() as stack:
+        record = await call(stack, script=[Say(QUESTION, AfterAgentSilent(400))])
+        conn = stack.sim.connections[0]
+        await closed(conn)
+    assert record.end_reason == "caller_hangup"
+    assert_clean(record, conn)
+    assert sent_types(conn) == ["session.update", "response.create"]
+    update = conn.client_events[0]["session"]
+    assert update["type"] == "realtime"
+    assert update["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert update["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert update["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert update["audio"]["input"]["transcription"] is not None
+    # the caller heard the greeting and the answer in full (whole frames, padded at the end)
+    expected_ms = sum(r.audio_ms for r in conn.responses)
+    assert len(conn.responses) == 2
+    assert expected_ms <= record.agent_audio_ms <= expected_ms + 2 * 20
+    # every millisecond the caller sent reached the model, three samples for each one
+    caller_bytes = sum(len(chunk) for _, chunk in record.spoken)
+    assert appended_bytes(conn) == caller_bytes * 6
+
+
+async def test_barge_in_clears_and_truncates_to_what_was_heard() -> None:
+    sim = RealtimeSimulator(
+        api_key=API_KEY, script=ReplyScript(greeting=None, replies=(load_clip("reply_long"),))
+    )
+    async with LocalStack(sim=sim) as stack:
+        record = await call(
+            stack,
+            to="+15551230002",  # no greeting: the caller speaks first
+            speed=1.0,
+            script=[Say(QUESTION, AfterAgentSilent(timeout_ms=300)), Say(INTERRUPT, AfterAgentStarted(1500))],
+            end_silence_ms=300,
+        )
+        conn = stack.sim.connections[0]
+        await closed(conn)
+    assert_clean(record, conn)
+    assert len(record.clears) == 1
+    assert len(conn.truncations) == 1
+    cut = conn.truncations[0]
+    heard_ms = record.clears[0].played_ms
+    assert abs(cut.audio_end_ms - heard_ms) <= 20, (cut, record.clears[0])
+    assert cut.audio_end_ms <= cut.generated_ms
+    last_mark = record.clears[0].last_played_mark
+    assert last_mark is not None and cut.audio_end_ms >= int(last_mark.split(":")[-3])
+    assert "truncate" in " ".join(sent_types(conn))
+
+
+async def test_caller_hangs_up_while_the_agent_speaks() -> None:
+    async with LocalStack() as stack:
+        record = await call(
+            stack, script=[Say(QUESTION, AfterAgentSilent(300)), HangUp(AfterAgentStarted(600))]
+        )
+        conn = stack.sim.connections[0]
+        await closed(conn)
+    assert record.end_reason == "caller_hangup"
+    assert_clean(record, conn)
+    assert conn.responses[-1].audio_ms > record.agent_audio_ms - 3912  # the answer was cut short
+
+
+async def test_model_socket_closing_mid_call_ends_the_stream_with_the_apology() -> None:
+    sim = RealtimeSimulator(api_key=API_KEY, fault=Fault(close_on_response=2))
+    async with LocalStack(sim=sim) as stack:
+        record = await call(stack, script=[Say(QUESTION, AfterAgentSilent(300))])
+    assert record.end_reason == "server_closed"
+    assert record.runs_after_connect
+    verbs = [v.name for v in record.after_connect]
+    assert verbs == ["Say", "Hangup"]
+
+
+async def test_each_number_gets_its_own_agent() -> None:
+    async with LocalStack() as stack:
+        await call(stack, to="+15551230001", script=[HangUp(AfterAgentSilent(200, timeout_ms=500))])
+        await call(stack, to="+15551230002", script=[HangUp(AfterAgentSilent(200, timeout_ms=500))])
+        first, second = stack.sim.connections[0], stack.sim.connections[1]
+        await closed(second)
+    a, b = first.client_events[0]["session"], second.client_events[0]["session"]
+    assert "Trattoria Sole" in a["instructions"] and a["audio"]["output"]["voice"] == "cedar"
+    assert "Brightwire" in b["instructions"] and b["audio"]["output"]["voice"] == "sage"
+    assert "response.create" in sent_types(first)  # the default greeting is inherited
+    assert "response.create" not in sent_types(second)  # greeting = "" there
+
+
+async def test_agents_file_edits_apply_to_the_next_call(tmp_path: Path) -> None:
+    agents = tmp_path / "agents.toml"
+    shutil.copy(DEFAULT_AGENTS_FILE, agents)
+    async with LocalStack(agents_file=agents) as stack:
+        await call(stack, to="+15551230001", script=[HangUp(AfterAgentSilent(200, timeout_ms=500))])
+        agents.write_text(agents.read_text().replace("Trattoria Sole", "Osteria Luna"))
+        await call(stack, to="+15551230001", script=[HangUp(AfterAgentSilent(200, timeout_ms=500))])
+        agents.write_text("[numbers.broken\n")  # invalid: the last good version stays in use
+        await call(stack, to="+15551230001", script=[HangUp(AfterAgentSilent(200, timeout_ms=500))])
+        sessions = [c.client_events[0]["session"]["instructions"] for c in stack.sim.connections]
+    assert "Trattoria Sole" in sessions[0]
+    assert "Osteria Luna" in sessions[1] and "Osteria Luna" in sessions[2]
+
+
+async def test_forged_webhook_and_forged_or_tokenless_streams_are_refused() -> None:
+    async with LocalStack() as stack:
+        forged = await call(stack, webhook_signature="forged")
+        assert forged.webhook_status == 403 and forged.stream_url is None
+        unsigned = await call(stack, stream_signature="missing")
+        assert unsigned.ws_status == 403
+        bad_sig = await call(stack, stream_signature="forged")
+        assert bad_sig.ws_status == 403
+        no_token = await call(stack, parameter_overrides={"token": None}, script=[HangUp(AfterAgentSilent())])
+        assert no_token.close_code == 1008
+        wrong_token = await call(
+            stack, parameter_overrides={"token": "123.abc"}, script=[HangUp(AfterAgentSilent())]
+        )
+        assert wrong_token.close_code == 1008
+        # no audio ever reached the model for the refused streams
+        assert all(appended_bytes(c) == 0 for c in stack.sim.connections)
+
+
+async def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
+    async with LocalStack() as stack:
+        params = await asyncio.to_thread(_signed_webhook, stack)
+        url = f"ws://127.0.0.1:{stack.port}/twilio/media"
+        signature = RequestValidator(stack.auth_token).compute_signature(
+            stack.public_base_url.replace("https://", "wss://") + "/twilio/media", {}
+        )
+        sid = "MZ" + "7" * 32
+        frame = base64.b64encode(b"\xff" * 160).decode()
+
+        def media(ts: int, payload: str = frame) -> str:
+            return json.dumps(
+                {
+                    "event": "media",
+                    "sequenceNumber": str(ts),
+                    "streamSid": sid,
+                    "media": {
+                        "track": "inbound",
+                        "chunk": str(ts),
+                        "timestamp": str(ts * 20),
+                        "payload": payload,
+                    },
+                }
+            )
+
+        async with connect(url, additional_headers={"X-Twilio-Signature": signature}) as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(media(0))  # media before start
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "start",
+                        "sequenceNumber": "1",
+                        "streamSid": sid,
+                        "start": {
+                            "streamSid": sid,
+                            "accountSid": "AC" + "1" * 32,
+                            "callSid": params["CallSid"],
+                            "tracks": ["inbound"],
+                            "customParameters": params["parameters"],
+                            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                        },
+                    }
+                )
+            )
+            await ws.send(media(0))
+            for junk in (
+                "{not json",
+                '{"event":"surprise"}',
+                media(1, "%%%notbase64"),
+                media(2, base64.b64encode(b"\xff" * 161).decode()),
+                media(3, base64.b64encode(b"\xff" * 40_000).decode()),
+                "[]",
+                "x" * 100_000,
+            ):
+                await ws.send(junk)
+            for ts in range(4, 30):
+                await ws.send(media(ts))
+            await asyncio.sleep(0.5)
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": "99",
+                        "streamSid": sid,
+                        "stop": {"accountSid": "AC", "callSid": params["CallSid"]},
+                    }
+                )
+            )
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        conn = stack.sim.connections[0]
+        await closed(conn)
+    # the 27 good frames arrived, and the 3 bad ones' 60 ms were filled with silence: 30 frames in all
+    assert appended_bytes(conn) == 30 * 160 * 6
+    assert sent_types(conn)[0] == "session.update"
+
+
+def _signed_webhook(stack: LocalStack) -> dict[str, Any]:
+    form = {
+        "CallSid": "CA" + "5" * 32,
+        "AccountSid": "AC" + "1" * 32,
+        "From": "+15557654321",
+        "To": "+15551230002",
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+    }
+    signature = RequestValidator(stack.auth_token).compute_signature(
+        stack.public_base_url + "/twilio/voice", form
+    )
+    request = urllib.request.Request(
+        stack.http_base + "/twilio/voice",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        twiml = response.read().decode()
+    root = ET.fromstring(twiml)
+    parameters = {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
+    return {"CallSid": form["CallSid"], "parameters": parameters}
