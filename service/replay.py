@@ -115,9 +115,7 @@ def load(path: str | Path) -> Recording:
     return Recording(path, default_model, agent, entries, summary)
 
 
-def replay(
-    recording: Recording, transcoder: Callable[[], AudioConverter] = Transcoder
-) -> ReplayResult:
+def replay(recording: Recording, transcoder: Callable[[], AudioConverter] = Transcoder) -> ReplayResult:
     """Feed the recording's inputs to a new Call; compare its outputs with the recorded ones."""
     agent = recording.agent
 
@@ -163,21 +161,32 @@ def replay(
     return result
 
 
-def compare(expected: list[tuple[str, str]], got: list[tuple[str, str]], limit: int = 10) -> list[str]:
-    """Differences between two outbound message sequences, as readable lines (at most ``limit``)."""
+def compare(
+    expected: list[tuple[str, str]],
+    got: list[tuple[str, str]],
+    *,
+    timing_tolerance_ms: int = 0,
+    limit: int = 10,
+) -> list[str]:
+    """Differences between two outbound message sequences, as readable lines (at most ``limit``).
+
+    ``timing_tolerance_ms``: how far a value derived from elapsed time (a truncation point) may differ;
+    zero in virtual time, one frame when replaying over real sockets.
+    """
     problems: list[str] = []
     if len(expected) != len(got):
         problems.append(f"{len(got)} messages sent, {len(expected)} recorded")
     for i, (want, have) in enumerate(zip(expected, got, strict=False)):
-        if not same_message(want, have):
+        if not same_message(want, have, timing_tolerance_ms):
             problems.append(f"message {i} to {want[0]}: expected {_brief(want[1])}, sent {_brief(have[1])}")
             if len(problems) >= limit:
                 break
     return problems
 
 
-def same_message(want: tuple[str, str], have: tuple[str, str]) -> bool:
-    """Equal, or the same message whose audio differs by at most a rounding step."""
+def same_message(want: tuple[str, str], have: tuple[str, str], timing_tolerance_ms: int = 0) -> bool:
+    """Equal, or the same message whose audio differs by at most a rounding step (and whose truncation
+    point differs by at most ``timing_tolerance_ms``)."""
     if want == have:
         return True
     if want[0] != have[0]:
@@ -189,6 +198,9 @@ def same_message(want: tuple[str, str], have: tuple[str, str]) -> bool:
     if want[0] == "realtime" and a.get("type") == "input_audio_buffer.append" == b.get("type"):
         pa, pb = a.pop("audio"), b.pop("audio")
         return a == b and _close(pa, pb, np.dtype("<i2"), PCM_TOLERANCE)
+    if want[0] == "realtime" and a.get("type") == "conversation.item.truncate" == b.get("type"):
+        end_a, end_b = a.pop("audio_end_ms"), b.pop("audio_end_ms")
+        return bool(a == b and abs(int(end_a) - int(end_b)) <= timing_tolerance_ms)
     return False
 
 

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -30,6 +30,15 @@ API_KEY = "sk-sim-test-key"
 PUBLIC_BASE_URL = "https://dialtone.local.test"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 DEFAULT_AGENTS_FILE = FIXTURES / "agents.toml"
+
+
+class RealtimePeer(Protocol):
+    """What the stack needs of the model side: the simulator, or a replay server."""
+
+    @property
+    def url(self) -> str: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 def free_port() -> int:
@@ -48,8 +57,10 @@ class LocalStack:
         agents_file: Path = DEFAULT_AGENTS_FILE,
         env: Mapping[str, str] | None = None,
         sim: RealtimeSimulator | None = None,
+        model_peer: RealtimePeer | None = None,
     ) -> None:
         self.sim = sim if sim is not None else RealtimeSimulator(api_key=API_KEY)
+        self.model_peer: RealtimePeer = model_peer if model_peer is not None else self.sim
         self.agents_file = agents_file
         self._env = dict(env or {})
         self.port = 0
@@ -65,11 +76,11 @@ class LocalStack:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        await self.sim.start()
+        await self.model_peer.start()
         self.port = free_port()
         env = {
             "OPENAI_API_KEY": API_KEY,
-            "OPENAI_REALTIME_URL": self.sim.url,
+            "OPENAI_REALTIME_URL": self.model_peer.url,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
             "AGENTS_FILE": str(self.agents_file),
@@ -107,7 +118,7 @@ class LocalStack:
                 await asyncio.wait_for(self._server, 5)
             except TimeoutError:
                 self._server.cancel()
-        await self.sim.stop()
+        await self.model_peer.stop()
 
     async def __aenter__(self) -> LocalStack:
         await self.start()

@@ -1,0 +1,158 @@
+"""Replay a call recording over real sockets: both peers played back against a running Dialtone server.
+
+:mod:`service.replay` checks the call logic alone, in virtual time. This checks the whole service (hypercorn,
+the Quart route, the bridge, both websockets) with the same golden: a Twilio client and a Realtime server
+send the recording's inbound messages at their recorded offsets, in the recorded order, and what the
+service sends on each socket is compared with the recording.
+
+Two things differ from the recorded call by necessity and are handled here:
+
+- the stream token is single-use and expires, so the signed voice webhook is posted again for the
+  recorded CallSid and the fresh token replaces the recorded one in ``start``;
+- real time passes between messages, so values derived from time (the truncation point interpolated
+  within the playing frame) are compared within one 20 ms frame.
+
+Lockstep: before sending an inbound message, every outbound message recorded before it must have
+arrived; this keeps the service's view of the two sockets in the recorded order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from urllib.parse import urlencode
+
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from service.replay import Recording, ReplayResult, compare
+
+FRAME_MS = 20
+STEP_TIMEOUT_S = 5.0
+
+
+class ReplayRealtimeServer:
+    """A websockets server on 127.0.0.1 that hands each accepted connection to the replay driver."""
+
+    def __init__(self) -> None:
+        self.connections: asyncio.Queue[ServerConnection] = asyncio.Queue()
+        self._server: Server | None = None
+        self._done = asyncio.Event()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    async def start(self) -> None:
+        self._server = await serve(self._handler, "127.0.0.1", 0, max_size=None)
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
+
+    async def stop(self) -> None:
+        self._done.set()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        await self.connections.put(ws)
+        await self._done.wait()  # the driver owns the socket until the server stops
+
+
+def _fresh_start(message: str, parameters: dict[str, str]) -> str:
+    start = json.loads(message)
+    start["start"]["customParameters"] = {**start["start"].get("customParameters", {}), **parameters}
+    return json.dumps(start)
+
+
+def _post_webhook(
+    http_base: str, auth_token: str, public_base_url: str, form: dict[str, str]
+) -> dict[str, str]:
+    """Post the signed voice webhook; return the ``<Parameter>``s of the TwiML's stream."""
+    signature = RequestValidator(auth_token).compute_signature(public_base_url + "/twilio/voice", form)
+    request = urllib.request.Request(
+        http_base + "/twilio/voice",
+        data=urlencode(form).encode(),
+        headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        root = ET.fromstring(response.read().decode())
+    return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
+
+
+async def _recv(ws: ClientConnection | ServerConnection) -> str:
+    message = await asyncio.wait_for(ws.recv(), STEP_TIMEOUT_S)
+    return message if isinstance(message, str) else message.decode("utf-8", "replace")
+
+
+async def replay_over_sockets(
+    recording: Recording,
+    realtime_server: ReplayRealtimeServer,
+    *,
+    http_base: str,
+    auth_token: str,
+    public_base_url: str,
+) -> ReplayResult:
+    """Drive a running service (reachable at ``http_base``, using ``realtime_server`` as its model) with
+    the recording's inbound messages; return what it sent, compared with the recording."""
+    start_text = next(
+        e.msg for e in recording.entries if e.peer == "twilio" and e.direction == "in" and '"start"' in e.msg
+    )
+    start = json.loads(start_text)["start"]
+    recorded = start.get("customParameters", {})
+    form = {
+        "CallSid": start["callSid"],
+        "AccountSid": start.get("accountSid", ""),
+        "From": recorded.get("from", "+15550000000"),
+        "To": recorded.get("to", "+15550000001"),
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+    }
+    parameters = await asyncio.to_thread(_post_webhook, http_base, auth_token, public_base_url, form)
+    ws_url = http_base.replace("http://", "ws://") + "/twilio/media"
+    signature = RequestValidator(auth_token).compute_signature(
+        public_base_url.replace("https://", "wss://") + "/twilio/media", {}
+    )
+    sent: list[tuple[str, str]] = []
+    model: ServerConnection | None = None
+    t0 = time.monotonic()
+    async with connect(ws_url, additional_headers={"X-Twilio-Signature": signature}) as caller:
+        for entry in recording.entries:
+            delay = t0 + entry.t_ms / 1000 - time.monotonic()
+            if entry.direction in ("in", "event") and delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                match (entry.peer, entry.direction, entry.event):
+                    case ("twilio", "in", _):
+                        msg = _fresh_start(entry.msg, parameters) if entry.msg == start_text else entry.msg
+                        await caller.send(msg)
+                    case ("twilio", "out", _):
+                        sent.append(("twilio", await _recv(caller)))
+                    case ("realtime", "event", "open"):
+                        model = await asyncio.wait_for(realtime_server.connections.get(), STEP_TIMEOUT_S)
+                    case ("realtime", "in", _) if model is not None:
+                        await model.send(entry.msg)
+                    case ("realtime", "out", _) if model is not None:
+                        sent.append(("realtime", await _recv(model)))
+                    case ("realtime", "event", "closed") if model is not None:
+                        await model.close(1011, "replayed close")
+                    case ("twilio", "event", "closed"):
+                        await caller.close()
+                    case _:
+                        pass
+            except (TimeoutError, ConnectionClosed) as exc:
+                result = ReplayResult(sent, recording.outbound())
+                result.mismatches = [
+                    f"at {entry.t_ms:.0f} ms ({entry.peer} {entry.direction}): {type(exc).__name__}"
+                ]
+                result.mismatches += compare(result.expected[: len(sent)], sent, timing_tolerance_ms=FRAME_MS)
+                return result
+    result = ReplayResult(sent, recording.outbound())
+    result.mismatches = compare(result.expected, sent, timing_tolerance_ms=FRAME_MS)
+    return result
