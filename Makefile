@@ -32,7 +32,7 @@ unit: $(STAMP)
 
 ## make serve: the real server, configured from the environment or .env
 serve: $(STAMP)
-	$(BIN)/hypercorn 'service.app:create_app()' --bind "0.0.0.0:$${PORT:-8080}"
+	$(BIN)/python -m service.serve
 
 ## make bench: transcoder and whole-bridge benchmarks
 bench: $(STAMP)

@@ -67,7 +67,7 @@ def create_app(
     """Build the app. Without ``settings``, load them (``.env`` + environment) and configure logging."""
     if settings is None:
         settings = load_settings()
-        configure_logging(settings.log_level, secrets=_secrets_of(settings))
+        configure_logging(settings.log_level, secrets=secrets_of(settings))
     if agents is None:
         agents = AgentStore(settings.agents_file)
     if settings.openai_realtime_model in DEPRECATED_MODELS:
@@ -157,7 +157,7 @@ def _text(body: str, status: int) -> Response:
     return Response(body, status=status, mimetype="text/plain")
 
 
-def _secrets_of(settings: Settings) -> list[str]:
+def secrets_of(settings: Settings) -> list[str]:
     secrets = [settings.openai_api_key, settings.twilio_auth_token]
     with contextlib.suppress(UnicodeDecodeError):  # a derived (binary) secret cannot appear in text
         secrets.append(settings.stream_token_secret.decode("utf-8"))

@@ -23,17 +23,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 from service import realtime, twilio
 from service.agents import Agent
+from service.audio import MULAW_SILENCE, AudioConverter
 from service.playback import PlaybackLedger
 
 log = logging.getLogger(__name__)
 
 FRAME_MS = twilio.FRAME_MS
 FRAME_BYTES = twilio.FRAME_BYTES
-MULAW_SILENCE = b"\xff"
+SILENCE_BYTE = bytes([MULAW_SILENCE])
 MAX_GAP_FILL_MS = 10_000
 """A jump in Twilio timestamps longer than this is filled only up to this much silence."""
 GAP_LOG_MS = 100
@@ -45,13 +46,6 @@ START_TIMEOUT_S = 10.0
 MAX_PENDING_INPUT_MS = 30_000
 """Caller audio held while the model socket opens. More than this means the model is not coming."""
 SUPPORTED_FORMAT = ("audio/x-mulaw", 8000, 1)
-
-
-class AudioConverter(Protocol):
-    def to_model(self, mulaw_8k: bytes) -> bytes: ...
-    def to_caller(self, pcm16_24k: bytes) -> bytes: ...
-    def reset_to_caller(self) -> None: ...
-    def flush_to_caller(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +211,7 @@ class Call:
         )
         self._last_media_at = now
         self.stats.filled_ms += SILENCE_INJECT_MS
-        return self._append(MULAW_SILENCE * (SILENCE_INJECT_MS * twilio.BYTES_PER_MS))
+        return self._append(SILENCE_BYTE * (SILENCE_INJECT_MS * twilio.BYTES_PER_MS))
 
     def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
         if self.ended:
@@ -314,7 +308,7 @@ class Call:
                 self.stats.filled_ms += fill_ms
                 if gap_ms > GAP_LOG_MS:
                     log.info("twilio: %d ms media gap filled with %d ms of silence", gap_ms, fill_ms)
-                audio = MULAW_SILENCE * (fill_ms * twilio.BYTES_PER_MS) + audio
+                audio = SILENCE_BYTE * (fill_ms * twilio.BYTES_PER_MS) + audio
         return self._append(audio)
 
     def _append(self, mulaw: bytes) -> list[Command]:
@@ -436,7 +430,7 @@ class Call:
         self.ledger.finish(item_id)
         self._out += self._audio.flush_to_caller()
         if self._out:
-            self._out += MULAW_SILENCE * (-len(self._out) % FRAME_BYTES)
+            self._out += SILENCE_BYTE * (-len(self._out) % FRAME_BYTES)
         commands = self._send_frames(item_id) if self.ledger.item(item_id) is not None else []
         self._out.clear()
         self._out_item = None

@@ -28,8 +28,8 @@ import numpy as np
 
 from service import realtime, twilio
 from service.agents import Agent, TurnDetection
-from service.audio import Transcoder
-from service.call import AudioConverter, Call, Command, ConnectRealtime, EndCall, Rejected
+from service.audio import AudioConverter, Transcoder
+from service.call import Call, Command, ConnectRealtime, EndCall, Rejected
 
 PCM_TOLERANCE = 2
 MULAW_TOLERANCE = 1

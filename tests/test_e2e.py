@@ -105,8 +105,6 @@ async def test_barge_in_clears_and_truncates_to_what_was_heard() -> None:
     heard_ms = record.clears[0].played_ms
     assert abs(cut.audio_end_ms - heard_ms) <= 20, (cut, record.clears[0])
     assert cut.audio_end_ms <= cut.generated_ms
-    last_mark = record.clears[0].last_played_mark
-    assert last_mark is not None and cut.audio_end_ms >= int(last_mark.split(":")[-3])
     assert "truncate" in " ".join(sent_types(conn))
 
 
@@ -205,23 +203,7 @@ async def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
         async with connect(url, additional_headers={"X-Twilio-Signature": signature}) as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(media(0))  # media before start
-            await ws.send(
-                json.dumps(
-                    {
-                        "event": "start",
-                        "sequenceNumber": "1",
-                        "streamSid": sid,
-                        "start": {
-                            "streamSid": sid,
-                            "accountSid": "AC" + "1" * 32,
-                            "callSid": params["CallSid"],
-                            "tracks": ["inbound"],
-                            "customParameters": params["parameters"],
-                            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                        },
-                    }
-                )
-            )
+            await ws.send(start_message(sid, params))
             await ws.send(media(0))
             for junk in (
                 "{not json",
@@ -254,6 +236,18 @@ async def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
     assert sent_types(conn)[0] == "session.update"
 
 
+def start_message(stream_sid: str, params: dict[str, Any]) -> str:
+    start = {
+        "streamSid": stream_sid,
+        "accountSid": "AC" + "1" * 32,
+        "callSid": params["CallSid"],
+        "tracks": ["inbound"],
+        "customParameters": params["parameters"],
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": start})
+
+
 def _signed_webhook(stack: LocalStack) -> dict[str, Any]:
     form = {
         "CallSid": "CA" + "5" * 32,
@@ -276,3 +270,24 @@ def _signed_webhook(stack: LocalStack) -> dict[str, Any]:
     root = ET.fromstring(twiml)
     parameters = {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
     return {"CallSid": form["CallSid"], "parameters": parameters}
+
+
+async def test_twilio_socket_dropped_without_stop_ends_the_call_and_nothing_leaks() -> None:
+    async with LocalStack() as stack:
+        await call(stack, to="+15551230002", script=[HangUp(AfterAgentSilent(200, timeout_ms=300))])
+        await closed(stack.sim.connections[0])
+        await asyncio.sleep(0.3)
+        baseline = len(asyncio.all_tasks())
+        params = await asyncio.to_thread(_signed_webhook, stack)
+        signature = RequestValidator(stack.auth_token).compute_signature(
+            stack.public_base_url.replace("https://", "wss://") + "/twilio/media", {}
+        )
+        sid = "MZ" + "8" * 32
+        url = f"ws://127.0.0.1:{stack.port}/twilio/media"
+        ws = await connect(url, additional_headers={"X-Twilio-Signature": signature})
+        await ws.send(start_message(sid, params))
+        conn = await stack.sim.wait_for_connection(1)
+        ws.transport.abort()  # the TCP connection drops: no stop, no close frame
+        await closed(conn)
+        await asyncio.sleep(0.5)
+        assert len(asyncio.all_tasks()) <= baseline
