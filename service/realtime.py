@@ -220,7 +220,10 @@ def serialize(command: Command, event_id: str | None = None) -> str:
     body: dict[str, Any]
     match command:
         case AppendAudio(audio=audio):
-            body = {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")}
+            # The hot path (50 a second per call): base64 needs no JSON escaping, so skip the encoder.
+            audio_text = base64.b64encode(audio).decode("ascii")
+            head = "{" if event_id is None else f'{{"event_id":{json.dumps(event_id)},'
+            return f'{head}"type":"input_audio_buffer.append","audio":"{audio_text}"}}'
         case UpdateSession(session=session):
             body = {"type": "session.update", "session": dict(session)}
         case CreateResponse(instructions=instructions):

@@ -125,14 +125,9 @@ def serialize(command: Command) -> str:
     """The JSON text frame for ``command``."""
     match command:
         case SendMedia(stream_sid=sid, payload=payload):
-            return json.dumps(
-                {
-                    "event": "media",
-                    "streamSid": sid,
-                    "media": {"payload": base64.b64encode(payload).decode("ascii")},
-                },
-                separators=(",", ":"),
-            )
+            # The hot path (50 a second per call): base64 needs no JSON escaping, so skip the encoder.
+            audio = base64.b64encode(payload).decode("ascii")
+            return f'{{"event":"media","streamSid":{json.dumps(sid)},"media":{{"payload":"{audio}"}}}}'
         case SendMark(stream_sid=sid, name=name):
             return json.dumps(
                 {"event": "mark", "streamSid": sid, "mark": {"name": name}}, separators=(",", ":")
