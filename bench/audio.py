@@ -32,9 +32,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from service import audio
+from service.sim.signals import Floats, db, fit, settled, speech_like, tone
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
@@ -46,7 +46,6 @@ except ImportError:  # optional: pip install soxr
     soxr = None
 
 FRAMES = 500
-Floats = npt.NDArray[np.float64]
 
 
 class Converter(Protocol):
@@ -56,45 +55,6 @@ class Converter(Protocol):
 
 
 # -- signals -------------------------------------------------------------------------------------------
-
-
-def speech_like(seconds: float, rate: int, seed: int, band_hz: tuple[float, float] | None = None) -> Floats:
-    """Deterministic speech-like signal peaking at 0.8 (the same synthesiser as tests/test_audio.py)."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * rate)
-    t = np.arange(n) / rate
-    f0 = 150 + 35 * np.sin(2 * np.pi * 0.6 * t) + 12 * np.sin(2 * np.pi * 3.3 * t + 1.0)
-    voiced = np.diff(np.floor(np.cumsum(f0) / rate), prepend=0.0)
-    noise = rng.standard_normal(n)
-    syllable = np.clip(np.sin(2 * np.pi * 3.1 * t + rng.uniform(0, 6)) * 1.4, 0, 1) ** 1.5
-    fricative = np.clip(np.sin(2 * np.pi * 1.3 * t + 2.0) - 0.6, 0, 1) * 2.5
-    hop, size = rate // 100, rate // 25
-    window = np.hanning(size)
-    freqs = np.fft.rfftfreq(size, 1 / rate)
-    vowels = [
-        (730, 1090, 2440, 3300),
-        (270, 2290, 3010, 3500),
-        (520, 1190, 2390, 3250),
-        (300, 870, 2240, 3100),
-    ]
-    hiss = np.exp(-(((freqs - min(6500, rate * 0.4)) / 2500) ** 2)) * 0.02
-    out = np.zeros(n + size)
-    for k, start in enumerate(range(0, n - size, hop)):
-        a, b = vowels[(k // 17) % 4], vowels[(k // 17 + 1) % 4]
-        shape = np.zeros_like(freqs)
-        for fa, fb, width in zip(a, b, (80, 100, 140, 200), strict=True):
-            fc = fa + (fb - fa) * (k % 17) / 17
-            shape += (fc / 500) ** -0.5 / np.sqrt(1 + ((freqs - fc) / (width / 2)) ** 2)
-        seg = slice(start, start + size)
-        spectrum = np.fft.rfft(voiced[seg] * window) * shape * syllable[start]
-        spectrum += np.fft.rfft(noise[seg] * window) * hiss * fricative[start]
-        out[start : start + size] += np.fft.irfft(spectrum, size)
-    signal = out[:n]
-    if band_hz is not None:
-        f = np.fft.rfftfreq(n, 1 / rate)
-        signal = np.fft.irfft(np.fft.rfft(signal) * ((f >= band_hz[0]) & (f <= band_hz[1])), n)
-    result: Floats = signal / np.abs(signal).max() * 0.8
-    return result
 
 
 def to_pcm16(x: Floats) -> bytes:
@@ -248,33 +208,12 @@ def codec_costs() -> list[tuple[str, float, float, str]]:
 # -- quality -------------------------------------------------------------------------------------------
 
 
-def tone(freq_hz: float, rate: int, seconds: float = 1.2, level: float = 0.5) -> Floats:
-    return level * np.sin(2 * np.pi * freq_hz * np.arange(int(rate * seconds)) / rate)
-
-
-def fit(x: Floats, freq_hz: float, rate: int) -> float:
-    """Amplitude of the sinusoid at freq_hz that best fits x."""
-    t = np.arange(x.size) / rate
-    basis = np.stack([np.sin(2 * np.pi * freq_hz * t), np.cos(2 * np.pi * freq_hz * t)], axis=1)
-    (s, c), *_ = np.linalg.lstsq(basis, x, rcond=None)
-    return float(np.hypot(s, c))
-
-
-def db(ratio: float) -> float:
-    return float(20 * np.log10(max(ratio, 1e-12)))
-
-
-def settled(x: Floats, rate: int) -> Floats:
-    """Drop the first 50 ms (filter start-up), keep 1 s."""
-    return x[rate // 20 : rate // 20 + rate]
-
-
 def alias_levels(freq_hz: float, make: Callable[[], Converter]) -> list[float]:
     """A -6 dBFS tone at freq_hz sent down; dB re input of [folded tone, all output] for the PCM before
     mu-law (NaN when there is no such output), then the same after mu-law."""
     data = to_pcm16(tone(freq_hz, 24000))
     folded = abs(freq_hz - 8000 * round(freq_hz / 8000))
-    reference = fit(settled(pcm16(data), 24000), freq_hz, 24000)
+    reference = fit(settled(pcm16(data), 24000), freq_hz, 24000)[0]
     converter = make()
     outputs = [pcm16(converter.to_caller_pcm16(data)) if isinstance(converter, audio.Transcoder) else None]
     outputs.append(mulaw_decode(make().to_caller(data)))
@@ -285,7 +224,7 @@ def alias_levels(freq_hz: float, make: Callable[[], Converter]) -> list[float]:
             continue
         y = settled(y, 8000)
         everything = float(np.sqrt(2 * np.mean(y**2)))  # as a sine amplitude
-        levels += [db(fit(y, folded, 8000) / reference), db(everything / reference)]
+        levels += [db(fit(y, folded, 8000)[0] / reference), db(everything / reference)]
     return levels
 
 
@@ -294,9 +233,8 @@ def passband(make: Callable[[], Converter]) -> tuple[float, float]:
     worst_up = worst_down = 0.0
     for freq in range(300, 3401, 50):
         x8 = audioop.lin2ulaw(to_pcm16(tone(freq, 8000)), 2)
-        gain = fit(settled(pcm16(make().to_model(x8)), 24000), freq, 24000) / fit(
-            settled(mulaw_decode(x8), 8000), freq, 8000
-        )
+        up = fit(settled(pcm16(make().to_model(x8)), 24000), freq, 24000)[0]
+        gain = up / fit(settled(mulaw_decode(x8), 8000), freq, 8000)[0]
         worst_up = max(worst_up, abs(db(gain)))
         x24 = to_pcm16(tone(freq, 24000))
         converter = make()
@@ -304,7 +242,7 @@ def passband(make: Callable[[], Converter]) -> tuple[float, float]:
             y = pcm16(converter.to_caller_pcm16(x24))
         else:
             y = mulaw_decode(converter.to_caller(x24))
-        gain = fit(settled(y, 8000), freq, 8000) / fit(settled(pcm16(x24), 24000), freq, 24000)
+        gain = fit(settled(y, 8000), freq, 8000)[0] / fit(settled(pcm16(x24), 24000), freq, 24000)[0]
         worst_down = max(worst_down, abs(db(gain)))
     return worst_up, worst_down
 

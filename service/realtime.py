@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from service import fields
+from service.fields import FieldError
+
 BYTES_PER_MS = 48
 """PCM16 at 24 kHz: two bytes a sample, 24 samples a millisecond."""
 
@@ -249,42 +252,12 @@ def serialize(command: Command, event_id: str | None = None) -> str:
 # --- parsing -------------------------------------------------------------------------------------------
 
 
-class _Bad(Exception):
-    """Internal: a field is missing or mistyped; turned into :class:`Invalid`."""
-
-
-def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise _Bad(f"{where}.{key} must be a string")
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Bad(f"{where}.{key} must be an integer")
-    return value
-
-
 def _count(obj: object, key: str) -> int:
     if isinstance(obj, dict):
         value = obj.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return 0
-
-
-def _obj(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = obj.get(key)
-    if not isinstance(value, dict):
-        raise _Bad(f"{where}.{key} must be an object")
-    return value
 
 
 def _usage(raw: object) -> Usage:
@@ -313,7 +286,7 @@ def _audio_format(audio: Mapping[str, Any], side: str) -> tuple[str, int | None]
 
 
 def _session_updated(msg: Mapping[str, Any]) -> SessionUpdated:
-    session = _obj(msg, "session", "session.updated")
+    session = fields.obj(msg, "session", "session.updated")
     audio = session.get("audio")
     audio = audio if isinstance(audio, dict) else {}
     in_fmt, in_rate = _audio_format(audio, "input")
@@ -324,48 +297,48 @@ def _session_updated(msg: Mapping[str, Any]) -> SessionUpdated:
 def _audio_delta(msg: Mapping[str, Any]) -> AudioDelta:
     delta = msg.get("delta")
     if not isinstance(delta, str):
-        raise _Bad("response.output_audio.delta.delta must be a base64 string")
+        raise FieldError("response.output_audio.delta.delta must be a base64 string")
     try:
         audio = base64.b64decode(delta, validate=True)
     except (binascii.Error, ValueError):
-        raise _Bad("response.output_audio.delta.delta is not valid base64") from None
+        raise FieldError("response.output_audio.delta.delta is not valid base64") from None
     if len(audio) % 2:
-        raise _Bad("response.output_audio.delta carries an odd number of PCM16 bytes")
+        raise FieldError("response.output_audio.delta carries an odd number of PCM16 bytes")
     where = "response.output_audio.delta"
-    return AudioDelta(_str(msg, "response_id", where), _str(msg, "item_id", where), audio)
+    return AudioDelta(fields.text(msg, "response_id", where), fields.text(msg, "item_id", where), audio)
 
 
 def _response_done(msg: Mapping[str, Any]) -> ResponseDone:
-    response = _obj(msg, "response", "response.done")
+    response = fields.obj(msg, "response", "response.done")
     details = response.get("status_details")
     reason = details.get("reason") if isinstance(details, dict) else None
     return ResponseDone(
-        response_id=_str(response, "id", "response.done.response"),
-        status=_str(response, "status", "response.done.response"),
+        response_id=fields.text(response, "id", "response.done.response"),
+        status=fields.text(response, "status", "response.done.response"),
         reason=reason if isinstance(reason, str) else None,
         usage=_usage(response.get("usage")),
     )
 
 
 def _error(msg: Mapping[str, Any]) -> Error:
-    err = _obj(msg, "error", "error")
+    err = fields.obj(msg, "error", "error")
     return Error(
-        error_type=_opt_str(err, "type") or "",
-        code=_opt_str(err, "code"),
-        message=_opt_str(err, "message") or "",
-        param=_opt_str(err, "param"),
-        event_id=_opt_str(err, "event_id"),
+        error_type=fields.maybe_text(err, "type") or "",
+        code=fields.maybe_text(err, "code"),
+        message=fields.maybe_text(err, "message") or "",
+        param=fields.maybe_text(err, "param"),
+        event_id=fields.maybe_text(err, "event_id"),
     )
 
 
 def _output_item_added(msg: Mapping[str, Any]) -> OutputItemAdded:
-    item = _obj(msg, "item", "response.output_item.added")
+    item = fields.obj(msg, "item", "response.output_item.added")
     where = "response.output_item.added"
     return OutputItemAdded(
-        response_id=_str(msg, "response_id", where),
-        item_id=_str(item, "id", where + ".item"),
-        item_type=_str(item, "type", where + ".item"),
-        role=_opt_str(item, "role"),
+        response_id=fields.text(msg, "response_id", where),
+        item_id=fields.text(item, "id", where + ".item"),
+        item_type=fields.text(item, "type", where + ".item"),
+        role=fields.maybe_text(item, "role"),
     )
 
 
@@ -374,31 +347,36 @@ def _decode(kind: str, msg: Mapping[str, Any]) -> Event:
         case "response.output_audio.delta":
             return _audio_delta(msg)
         case "session.created":
-            session = _obj(msg, "session", kind)
+            session = fields.obj(msg, "session", kind)
             expires = session.get("expires_at")
             return SessionCreated(str(session.get("id", "")), expires if isinstance(expires, int) else None)
         case "session.updated":
             return _session_updated(msg)
         case "input_audio_buffer.speech_started":
-            return SpeechStarted(_str(msg, "item_id", kind), _int(msg, "audio_start_ms", kind))
+            return SpeechStarted(
+                fields.text(msg, "item_id", kind), fields.integer(msg, "audio_start_ms", kind)
+            )
         case "input_audio_buffer.speech_stopped":
-            return SpeechStopped(_str(msg, "item_id", kind), _int(msg, "audio_end_ms", kind))
+            item_id = fields.text(msg, "item_id", kind)
+            return SpeechStopped(item_id, fields.integer(msg, "audio_end_ms", kind))
         case "input_audio_buffer.committed":
-            return InputCommitted(_str(msg, "item_id", kind))
+            return InputCommitted(fields.text(msg, "item_id", kind))
         case "response.created":
-            return ResponseCreated(_str(_obj(msg, "response", kind), "id", kind + ".response"))
+            return ResponseCreated(fields.text(fields.obj(msg, "response", kind), "id", kind + ".response"))
         case "response.output_item.added":
             return _output_item_added(msg)
         case "response.output_audio.done":
-            return AudioDone(_str(msg, "response_id", kind), _str(msg, "item_id", kind))
+            return AudioDone(fields.text(msg, "response_id", kind), fields.text(msg, "item_id", kind))
         case "response.output_audio_transcript.done":
             return AgentTranscript(
-                _str(msg, "response_id", kind), _str(msg, "item_id", kind), _str(msg, "transcript", kind)
+                fields.text(msg, "response_id", kind),
+                fields.text(msg, "item_id", kind),
+                fields.text(msg, "transcript", kind),
             )
         case "conversation.item.input_audio_transcription.completed":
-            return CallerTranscript(_str(msg, "item_id", kind), _str(msg, "transcript", kind))
+            return CallerTranscript(fields.text(msg, "item_id", kind), fields.text(msg, "transcript", kind))
         case "conversation.item.truncated":
-            return ItemTruncated(_str(msg, "item_id", kind), _int(msg, "audio_end_ms", kind))
+            return ItemTruncated(fields.text(msg, "item_id", kind), fields.integer(msg, "audio_end_ms", kind))
         case "response.done":
             return _response_done(msg)
         case "error":
@@ -422,7 +400,7 @@ def parse(text: str | bytes) -> Event:
         return Invalid("no type field")
     try:
         return _decode(kind, msg)
-    except _Bad as exc:
+    except FieldError as exc:
         return Invalid(str(exc))
 
 

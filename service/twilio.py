@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from service import fields
+from service.fields import FieldError
+
 BYTES_PER_MS = 8
 """mu-law at 8 kHz: one byte per sample, eight samples per millisecond."""
 FRAME_MS = 20
@@ -139,83 +142,58 @@ def serialize(command: Command) -> str:
 # --- parsing -------------------------------------------------------------------------------------------
 
 
-class _Bad(Exception):
-    """Internal: a field is missing or has the wrong type; turned into :class:`Invalid`."""
-
-
-def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise _Bad(f"{where}.{key} must be a string")
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], key: str, where: str, default: str = "") -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str):
-        raise _Bad(f"{where}.{key} must be a string")
-    return value
-
-
-def _obj(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = obj.get(key)
-    if not isinstance(value, dict):
-        raise _Bad(f"{where}.{key} must be an object")
-    return value
-
-
 def _counter(obj: Mapping[str, Any], key: str, where: str) -> int:
     """Twilio sends counters as decimal strings; accept ints too, reject anything else."""
     value = obj.get(key)
     if isinstance(value, bool):
-        raise _Bad(f"{where}.{key} must be a decimal string")
+        raise FieldError(f"{where}.{key} must be a decimal string")
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.isdigit() and len(value) <= 12:
         number = int(value)
     else:
-        raise _Bad(f"{where}.{key} must be a decimal string")
+        raise FieldError(f"{where}.{key} must be a decimal string")
     return number
 
 
 def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Bad(f"{where}.{key} must be an integer")
+        raise FieldError(f"{where}.{key} must be an integer")
     try:
         return int(value)
     except ValueError:
-        raise _Bad(f"{where}.{key} must be an integer") from None
+        raise FieldError(f"{where}.{key} must be an integer") from None
 
 
 def _payload(text: object) -> bytes:
     if not isinstance(text, str):
-        raise _Bad("media.payload must be a base64 string")
+        raise FieldError("media.payload must be a base64 string")
     if len(text) > (MAX_PAYLOAD_BYTES * 4) // 3 + 4:
-        raise _Bad("media.payload is larger than the limit")
+        raise FieldError("media.payload is larger than the limit")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise _Bad("media.payload is not valid base64") from None
+        raise FieldError("media.payload is not valid base64") from None
 
 
 def _start(msg: Mapping[str, Any]) -> Start:
-    start = _obj(msg, "start", "start")
+    start = fields.obj(msg, "start", "start")
     params = start.get("customParameters", {})
     if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
-        raise _Bad("start.customParameters must be an object of strings")
-    fmt = _obj(start, "mediaFormat", "start")
+        raise FieldError("start.customParameters must be an object of strings")
+    fmt = fields.obj(start, "mediaFormat", "start")
     tracks = start.get("tracks", [])
     if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
-        raise _Bad("start.tracks must be a list of strings")
+        raise FieldError("start.tracks must be a list of strings")
     return Start(
-        stream_sid=_str(msg, "streamSid", "start"),
-        account_sid=_opt_str(start, "accountSid", "start"),
-        call_sid=_str(start, "callSid", "start"),
+        stream_sid=fields.text(msg, "streamSid", "start"),
+        account_sid=fields.text_or(start, "accountSid", "start"),
+        call_sid=fields.text(start, "callSid", "start"),
         tracks=tuple(tracks),
         custom_parameters=dict(params),
         media_format=MediaFormat(
-            encoding=_str(fmt, "encoding", "start.mediaFormat"),
+            encoding=fields.text(fmt, "encoding", "start.mediaFormat"),
             sample_rate_hz=_int(fmt, "sampleRate", "start.mediaFormat"),
             channels=_int(fmt, "channels", "start.mediaFormat"),
         ),
@@ -223,15 +201,15 @@ def _start(msg: Mapping[str, Any]) -> Start:
 
 
 def _media(msg: Mapping[str, Any]) -> Media:
-    media = _obj(msg, "media", "media")
+    media = fields.obj(msg, "media", "media")
     payload = _payload(media.get("payload"))
     if len(payload) % 2:
         # Twilio's frames are whole milliseconds (8 bytes each); an odd size is a broken sender.
         # Skipping it keeps the input clock right: the next frame's timestamp shows the gap.
-        raise _Bad("media.payload has an odd number of bytes")
+        raise FieldError("media.payload has an odd number of bytes")
     return Media(
-        stream_sid=_str(msg, "streamSid", "media"),
-        track=_opt_str(media, "track", "media", "inbound"),
+        stream_sid=fields.text(msg, "streamSid", "media"),
+        track=fields.text_or(media, "track", "media", "inbound"),
         chunk=_counter(media, "chunk", "media"),
         timestamp_ms=_counter(media, "timestamp", "media"),
         payload=payload,
@@ -256,20 +234,26 @@ def parse(text: str | bytes) -> Event:
     try:
         match kind:
             case "connected":
-                return Connected(_opt_str(msg, "protocol", kind), _opt_str(msg, "version", kind))
+                return Connected(fields.text_or(msg, "protocol", kind), fields.text_or(msg, "version", kind))
             case "start":
                 return _start(msg)
             case "media":
                 return _media(msg)
             case "mark":
-                return Mark(_str(msg, "streamSid", kind), _str(_obj(msg, "mark", kind), "name", "mark"))
+                return Mark(
+                    fields.text(msg, "streamSid", kind),
+                    fields.text(fields.obj(msg, "mark", kind), "name", "mark"),
+                )
             case "dtmf":
-                return Dtmf(_str(msg, "streamSid", kind), _str(_obj(msg, "dtmf", kind), "digit", "dtmf"))
+                return Dtmf(
+                    fields.text(msg, "streamSid", kind),
+                    fields.text(fields.obj(msg, "dtmf", kind), "digit", "dtmf"),
+                )
             case "stop":
                 stop = msg.get("stop")
-                call_sid = _opt_str(stop, "callSid", kind) if isinstance(stop, dict) else ""
-                return Stop(_str(msg, "streamSid", kind), call_sid)
+                call_sid = fields.text_or(stop, "callSid", kind) if isinstance(stop, dict) else ""
+                return Stop(fields.text(msg, "streamSid", kind), call_sid)
             case _:
                 return Unknown(kind[:64])
-    except _Bad as exc:
+    except FieldError as exc:
         return Invalid(str(exc))

@@ -234,3 +234,28 @@ def test_realtime_commands_serialize_to_ga_events() -> None:
 @given(st.text(max_size=300))
 def test_realtime_parse_never_raises(text: str) -> None:
     realtime.parse(text)
+
+
+def test_every_client_event_we_can_send_is_a_valid_ga_event() -> None:
+    from openai_schema import check_client_event
+
+    from service.agents import Agent, TurnDetection
+    from service.call import session_for
+
+    agents = [
+        Agent(key="default", instructions="x"),
+        Agent(key="a", instructions="y", voice="voice_custom123", noise_reduction=None,
+              turn_detection=TurnDetection(idle_timeout_ms=8000, interrupt_response=False)),
+    ]  # fmt: skip
+    commands: list[realtime.Command] = [realtime.UpdateSession(session_for(a)) for a in agents]
+    commands += [
+        realtime.AppendAudio(b"\x00\x01" * 480),
+        realtime.CreateResponse(),
+        realtime.CreateResponse("Say hello"),
+        realtime.CancelResponse(),
+        realtime.CancelResponse("resp_1"),
+        realtime.TruncateItem("item_1", 1200),
+    ]
+    for command in commands:
+        for event_id in (None, "evt_7"):
+            check_client_event(json.loads(realtime.serialize(command, event_id)))

@@ -1,0 +1,47 @@
+"""Reading fields out of a peer's decoded JSON object, for the wire modules (:mod:`service.twilio`,
+:mod:`service.realtime`). Each reader raises :class:`FieldError` naming the field; the wire module turns
+that into its ``Invalid`` event, so no message is ever quoted back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class FieldError(Exception):
+    """A field is missing or has the wrong type. The message names the field, never its value."""
+
+
+def text(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise FieldError(f"{where}.{key} must be a string")
+    return value
+
+
+def text_or(obj: Mapping[str, Any], key: str, where: str, default: str = "") -> str:
+    """A string field that may be absent (``default``), but not of another type."""
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise FieldError(f"{where}.{key} must be a string")
+    return value
+
+
+def maybe_text(obj: Mapping[str, Any], key: str) -> str | None:
+    """A string, or None for anything else (for optional fields that are informative only)."""
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def integer(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FieldError(f"{where}.{key} must be an integer")
+    return value
+
+
+def obj(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        raise FieldError(f"{where}.{key} must be an object")
+    return value
