@@ -85,15 +85,18 @@ async def test_greeting_then_question_and_answer() -> None:
 
 
 async def test_barge_in_clears_and_truncates_to_what_was_heard() -> None:
-    sim = RealtimeSimulator(
-        api_key=API_KEY, script=ReplyScript(greeting=None, replies=(load_clip("reply_long"),))
-    )
+    replies = (load_clip("reply_long"), load_clip("reply_short"))
+    sim = RealtimeSimulator(api_key=API_KEY, script=ReplyScript(greeting=None, replies=replies))
     async with LocalStack(sim=sim) as stack:
         record = await call(
             stack,
             to="+15551230002",  # no greeting: the caller speaks first
             speed=1.0,
-            script=[Say(QUESTION, AfterAgentSilent(timeout_ms=300)), Say(INTERRUPT, AfterAgentStarted(1500))],
+            script=[
+                Say(QUESTION, AfterAgentSilent(timeout_ms=300)),
+                Say(INTERRUPT, AfterAgentStarted(1500)),
+                HangUp(AfterAgentStarted(200)),
+            ],
             end_silence_ms=300,
         )
         conn = stack.sim.connections[0]
