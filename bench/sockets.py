@@ -1,11 +1,12 @@
 """Per-call CPU and added latency of the whole call path over real sockets on 127.0.0.1, N calls at once.
 
-The Dialtone server runs in its own process, the way the Procfile runs it (``python -m hypercorn
+The Dialtone server runs in its own process, with the same app and server the Procfile runs (``python -m hypercorn
 'service.app:create_app()'``, configured by environment variables, ``LOG_LEVEL=WARNING``, started in an
 empty working directory so that no ``.env`` is read). The Realtime simulator and the N Twilio caller
 simulators run in this process, so the server's CPU is measured apart from theirs.
 
-Run from the repository root (about 70 s with the defaults; every level has a hard time limit)::
+Run from the repository root (about 60 s with the defaults; at most about 2 minutes, as every call and
+every level has a hard time limit)::
 
     .venv/bin/python -m bench.sockets                    # 1, 10, then 25 concurrent calls
     .venv/bin/python -m bench.sockets --calls 1 5 50     # other concurrency levels
@@ -88,8 +89,8 @@ from service.sim.stack import API_KEY, AUTH_TOKEN, DEFAULT_AGENTS_FILE, PUBLIC_B
 REPO_DIR = Path(__file__).resolve().parents[1]
 CALLED = "+15551239999"  # no entry of its own in fixtures/agents.toml: the default agent, which greets
 SETTLE_S = 0.5  # the window opens this long after the last call of a level started streaming
-MAX_CALL_MS = 30_000  # the caller's hard cap on a call
-CLOSE_WAIT_S = 10.0  # how long the server has to close the Realtime sockets after the last call ended
+MAX_CALL_MS = 25_000  # the caller's hard cap on a call (a call normally lasts 16-19 s)
+CLOSE_WAIT_S = 5.0  # how long the server has to close the Realtime sockets after the last call ended
 FRAME_MS = 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
@@ -483,7 +484,7 @@ async def run_level(
             to=CALLED, speed=1.0, end_silence_ms=1_000, end_timeout_ms=8_000, max_duration_ms=MAX_CALL_MS,
         )  # fmt: skip
 
-    async with asyncio.timeout(ramp_s + MAX_CALL_MS / 1000 + 30):
+    async with asyncio.timeout(ramp_s + MAX_CALL_MS / 1000 + 5):
         outcomes = await asyncio.gather(*(one(i) for i in range(calls)), return_exceptions=True)
     conns = sim.connections[first_conn:]
     with contextlib.suppress(TimeoutError):

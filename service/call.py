@@ -184,6 +184,8 @@ class Call:
 
     def realtime_closed(self, now: float, detail: str) -> list[Command]:
         self._realtime_open = False
+        if not self.ended:
+            log.warning("model socket closed mid-call (%s): ending the call", detail)
         return self._end(now, f"model socket closed ({detail})")
 
     def twilio_closed(self, now: float) -> list[Command]:

@@ -84,6 +84,7 @@ async def media_stream(state: AppState) -> Response | None:
             settings.realtime_connect_url(model),
             additional_headers=settings.realtime_auth_headers,
             max_size=MAX_MODEL_MESSAGE_BYTES,
+            compression=None,  # base64 audio barely deflates; compressing it costs CPU on every frame
             open_timeout=None,  # the bridge times the whole connect
         )
 
