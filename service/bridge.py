@@ -28,12 +28,16 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from service import realtime, twilio
 from service.call import Call, Command, ConnectRealtime, EndCall
+from service.logs import call_id_var
 from service.recording import Recorder
 
 log = logging.getLogger(__name__)
 
 REALTIME_CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
+PAYLOAD_LOG_CHARS = 200
+"""With LOG_PAYLOADS (and LOG_LEVEL=DEBUG), each message is logged as ``< peer text`` / ``> peer text``,
+cut to this many characters (audio payloads are long and say nothing to a reader)."""
 
 
 class SocketClosed(Exception):
@@ -81,6 +85,7 @@ class Bridge:
         *,
         recorder: Recorder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        log_payloads: bool = False,
     ) -> None:
         self.call = call
         self._twilio = twilio_ws
@@ -94,6 +99,7 @@ class Bridge:
         self._event_ids = itertools.count(1)
         self._end: EndCall | None = None
         self._agent_recorded = False
+        self._log_payloads = log_payloads and log.isEnabledFor(logging.DEBUG)
 
     async def run(self) -> None:
         """Run the call to its end. Never raises for a peer's misbehaviour; re-raises cancellation."""
@@ -132,6 +138,7 @@ class Bridge:
                 commands = call.receive_twilio(twilio.parse(item.data), now)
                 if call.agent is not None and not self._agent_recorded:
                     self._agent_recorded = True
+                    call_id_var.set(call.call_sid)  # every later line of this call carries its CallSid
                     if self._recorder is not None:
                         self._recorder.agent(call.agent)
             case "twilio_closed":
@@ -238,6 +245,10 @@ class Bridge:
             self._recorder.close(summary)
 
     def _record(self, peer: str, direction: str, *, msg: str | bytes = "", **fields: str) -> None:
+        if self._log_payloads and direction in ("in", "out"):
+            text = msg if isinstance(msg, str) else repr(msg)
+            shown = text if len(text) <= PAYLOAD_LOG_CHARS else text[:PAYLOAD_LOG_CHARS] + "..."
+            log.debug("%s %s %s", "<" if direction == "in" else ">", peer, shown)
         if self._recorder is not None:
             self._recorder.write(self._clock(), peer, direction, msg, fields)
 

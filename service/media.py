@@ -1,11 +1,11 @@
 """The media-stream websocket route: check the upgrade, then run one call through the bridge.
 
-    upgrade ── signature ok? ──no──> 403 before accept
-       │yes
-    accept ──> Bridge(Call(...)).run()      (the model socket opens at once, in parallel with ``start``)
-                     │
-               ``start``: the per-call token must match ``start.callSid`` and the agent, once,
-               unexpired; otherwise the socket closes with 1008 before any audio reaches the model.
+upgrade ── signature ok? ──no──> 403 before accept
+   │yes
+accept ──> Bridge(Call(...)).run()      (the model socket opens at once, in parallel with ``start``)
+                 │
+           ``start``: the per-call token must match ``start.callSid`` and the agent, once,
+           unexpired; otherwise the socket closes with 1008 before any audio reaches the model.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ async def media_stream(state: AppState) -> Response | None:
         recorder = Recorder.in_directory(
             settings.record_calls_dir, time.monotonic(), settings.openai_realtime_model
         )
-    bridge = Bridge(call, QuartTwilioSocket(), open_realtime, recorder=recorder)
+    bridge = Bridge(
+        call, QuartTwilioSocket(), open_realtime, recorder=recorder, log_payloads=settings.log_payloads
+    )
     await bridge.run()
     return None

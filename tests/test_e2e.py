@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shutil
 import urllib.parse
 import urllib.request
@@ -294,3 +295,39 @@ async def test_twilio_socket_dropped_without_stop_ends_the_call_and_nothing_leak
         await closed(conn)
         await asyncio.sleep(0.5)
         assert len(asyncio.all_tasks()) <= baseline
+
+
+async def test_call_log_lines_carry_the_call_sid_and_payloads_only_when_asked() -> None:
+    from service.logs import CallIdFilter
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.addFilter(CallIdFilter())
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    keep = Keep()
+    service_log = logging.getLogger("service")
+    old_level = service_log.level
+    service_log.addHandler(keep)
+    service_log.setLevel(logging.DEBUG)
+    try:
+        async with LocalStack(env={"LOG_PAYLOADS": "true"}) as stack:
+            record = await call(
+                stack, to="+15551230002", script=[HangUp(AfterAgentSilent(200, timeout_ms=300))]
+            )
+            await closed(stack.sim.connections[0])
+    finally:
+        service_log.removeHandler(keep)
+        service_log.setLevel(old_level)
+    summary = next(r for r in keep.records if getattr(r, "summary", None))
+    assert summary.call_id == record.call_sid  # type: ignore[attr-defined]
+    payload_lines = [
+        r.getMessage() for r in keep.records if r.name == "service.bridge" and r.levelno == logging.DEBUG
+    ]
+    assert any(line.startswith("< twilio {") for line in payload_lines)
+    assert any(line.startswith("> realtime {") for line in payload_lines)
+    assert all(len(line) < 260 for line in payload_lines)
