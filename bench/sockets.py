@@ -1,9 +1,10 @@
 """Per-call CPU and added latency of the whole call path over real sockets on 127.0.0.1, N calls at once.
 
-The Dialtone server runs in its own process, with the same app and server the Procfile runs (``python -m hypercorn
-'service.app:create_app()'``, configured by environment variables, ``LOG_LEVEL=WARNING``, started in an
-empty working directory so that no ``.env`` is read). The Realtime simulator and the N Twilio caller
-simulators run in this process, so the server's CPU is measured apart from theirs.
+The Dialtone server runs in its own process, the same app and server the Procfile runs
+(``python -m hypercorn 'service.app:create_app()'``, configured by environment variables,
+``LOG_LEVEL=WARNING``, started in an empty working directory so that no ``.env`` is read). The Realtime
+simulator and the N Twilio caller simulators run in this process, so the server's CPU is measured apart
+from theirs.
 
 Run from the repository root (about 60 s with the defaults; at most about 2 minutes, as every call and
 every level has a hard time limit)::
