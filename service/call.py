@@ -29,11 +29,11 @@ from service import realtime, twilio
 from service.agents import Agent
 from service.audio import MULAW_SILENCE, AudioConverter
 from service.playback import PlaybackLedger
+from service.playout import Playout
 
 log = logging.getLogger(__name__)
 
 FRAME_MS = twilio.FRAME_MS
-FRAME_BYTES = twilio.FRAME_BYTES
 SILENCE_BYTE = bytes([MULAW_SILENCE])
 MAX_GAP_FILL_MS = 10_000
 """A jump in Twilio timestamps longer than this is filled only up to this much silence."""
@@ -84,7 +84,6 @@ class CallStats:
     """What the summary line reports."""
 
     frames_in: int = 0
-    frames_out: int = 0
     caller_ms: int = 0
     filled_ms: int = 0
     media_gaps: int = 0
@@ -160,8 +159,7 @@ class Call:
         self._caller_speaking = False
         self._active_response: str | None = None
         self._discarded: set[str] = set()
-        self._out = bytearray()
-        self._out_item: str | None = None
+        self._playout: Playout | None = None  # from ``start``, once the stream is known
         self._turn_ended_at: float | None = None
         self._awaiting_first_audio = False
 
@@ -275,6 +273,7 @@ class Call:
         self.agent = verdict
         self.call_sid = start.call_sid
         self.stream_sid = start.stream_sid
+        self._playout = Playout(start.stream_sid, self._audio, self.ledger)
         self.started_at = now
         self._last_media_at = now
         self._greeting_due = bool(verdict.greeting)
@@ -401,72 +400,37 @@ class Call:
         if delta.response_id in self._discarded:
             self.stats.dropped_deltas += 1
             return []
-        if self.stream_sid is None:
+        if self._playout is None:
             log.warning("realtime: audio before the Twilio stream started skipped")
             return []
-        commands: list[Command] = []
-        if self._out_item is not None and self._out_item != delta.item_id:
-            commands += self._flush_item(self._out_item)
-        item = self.ledger.add_generated(delta.item_id, delta.response_id, len(delta.audio))
-        if self._out_item is None:
-            self._out_item = delta.item_id
-            if item.sent_ms == 0:
-                commands.append(twilio.SendMark(self.stream_sid, self.ledger.start_mark(delta.item_id)))
-        self._out += self._audio.to_caller(delta.audio)
-        commands += self._send_frames(delta.item_id)
-        return commands
-
-    def _send_frames(self, item_id: str) -> list[Command]:
-        assert self.stream_sid is not None
-        commands: list[Command] = []
-        while len(self._out) >= FRAME_BYTES:
-            frame = bytes(self._out[:FRAME_BYTES])
-            del self._out[:FRAME_BYTES]
-            commands.append(twilio.SendMedia(self.stream_sid, frame))
-            commands.append(twilio.SendMark(self.stream_sid, self.ledger.frame_sent(item_id, FRAME_MS)))
-            self.stats.frames_out += 1
-        return commands
-
-    def _flush_item(self, item_id: str) -> list[Command]:
-        """End of an item's audio: the filter tail and the last partial frame, padded with silence."""
-        self.ledger.finish(item_id)
-        self._out += self._audio.flush_to_caller()
-        if self._out:
-            self._out += SILENCE_BYTE * (-len(self._out) % FRAME_BYTES)
-        commands = self._send_frames(item_id) if self.ledger.item(item_id) is not None else []
-        self._out.clear()
-        self._out_item = None
-        return commands
+        return list(self._playout.audio(delta.item_id, delta.response_id, delta.audio))
 
     def _on_audio_done(self, item_id: str, response_id: str) -> list[Command]:
-        if response_id in self._discarded or self._out_item != item_id:
+        if self._playout is None or response_id in self._discarded:
             self.ledger.finish(item_id)
             return []
-        return self._flush_item(item_id)
+        return list(self._playout.finish(item_id))
 
     def _on_speech_started(self, now: float) -> list[Command]:
+        """Barge-in policy: the caller's speech stops the agent's (see :mod:`service.playout`)."""
         self._caller_speaking = True
         self._last_media_at = max(self._last_media_at, now)
         assert self.agent is not None
         commands: list[Command] = []
         active = self._active_response
         if active is not None:
-            self._discarded.add(active)
+            self._discarded.add(active)  # its late deltas are dropped
             self._awaiting_first_audio = False
-            if not self.agent.turn_detection.interrupt_response:
+            if not self.agent.turn_detection.interrupt_response:  # else the server cancels it itself
                 commands.append(realtime.CancelResponse(active))
-        if not (self.ledger.has_unplayed() or self._out) or self.stream_sid is None:
+        if self._playout is None or not self._playout.playing:
             return commands
+        cut = self._playout.interrupt(now)
         self.stats.barge_ins += 1
-        commands.insert(0, twilio.SendClear(self.stream_sid))
-        for cut in self.ledger.interrupt(now):
-            self.stats.truncations += 1
-            commands.append(realtime.TruncateItem(cut.item_id, cut.audio_end_ms))
-        self._audio.reset_to_caller()
-        self._out.clear()
-        self._out_item = None
-        log.info("barge-in: cleared playback, %d truncation(s)", self.stats.truncations)
-        return commands
+        self.stats.truncations += len(cut.truncations)
+        truncates = [realtime.TruncateItem(t.item_id, t.audio_end_ms) for t in cut.truncations]
+        log.info("barge-in: cleared playback, %d truncation(s)", len(truncates))
+        return [cut.clear, *commands, *truncates]
 
     def _on_response_done(self, done: realtime.ResponseDone) -> list[Command]:
         self.stats.responses += 1
@@ -504,7 +468,7 @@ class Call:
             "agent": self.agent.key if self.agent else None,
             "duration_s": round(ended - started, 3),
             "frames_in": s.frames_in,
-            "frames_out": s.frames_out,
+            "frames_out": self._playout.frames_sent if self._playout else 0,
             "caller_ms": s.caller_ms,
             "filled_ms": s.filled_ms,
             "media_gaps": s.media_gaps,

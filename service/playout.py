@@ -1,0 +1,88 @@
+"""Playout: the model's audio to the caller, and barge-in. Pure.
+
+Model audio (24 kHz PCM16, any chunking) goes through the downward transcoder and out to Twilio as whole
+20 ms frames (160 bytes of mu-law), each followed by a mark, so the :class:`PlaybackLedger` learns frame by
+frame what the caller has heard. A mark sent just before an item's first frame echoes when that item
+starts to play. At the end of an item the filter tail and the last partial frame are flushed, padded
+with mu-law silence. On barge-in, :meth:`Playout.interrupt` clears Twilio's buffer, says where to
+truncate each item, and resets the downward filter so the interrupted tail does not leak into the next
+response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service import twilio
+from service.audio import MULAW_SILENCE, AudioConverter
+from service.playback import PlaybackLedger, Truncation
+
+FRAME_MS = twilio.FRAME_MS
+FRAME_BYTES = twilio.FRAME_BYTES
+SILENCE_BYTE = bytes([MULAW_SILENCE])
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """What a barge-in sends: Twilio's ``clear``, then the truncations for the model."""
+
+    clear: twilio.SendClear
+    truncations: list[Truncation]
+
+
+class Playout:
+    """One call's outbound audio, from model deltas to marked Twilio frames."""
+
+    def __init__(self, stream_sid: str, transcoder: AudioConverter, ledger: PlaybackLedger) -> None:
+        self.stream_sid = stream_sid
+        self.ledger = ledger
+        self.frames_sent = 0
+        self._audio = transcoder
+        self._pending = bytearray()  # mu-law not yet a whole frame
+        self._item: str | None = None  # the item whose audio is being sent
+
+    @property
+    def playing(self) -> bool:
+        """Is agent audio queued at Twilio, playing, or waiting here to be sent?"""
+        return self.ledger.has_unplayed() or bool(self._pending)
+
+    def audio(self, item_id: str, response_id: str, pcm16_24k: bytes) -> list[twilio.Command]:
+        commands: list[twilio.Command] = []
+        if self._item is not None and self._item != item_id:
+            commands += self.finish(self._item)
+        item = self.ledger.add_generated(item_id, response_id, len(pcm16_24k))
+        if self._item is None:
+            self._item = item_id
+            if item.sent_ms == 0:
+                commands.append(twilio.SendMark(self.stream_sid, self.ledger.start_mark(item_id)))
+        self._pending += self._audio.to_caller(pcm16_24k)
+        return commands + self._frames(item_id)
+
+    def finish(self, item_id: str) -> list[twilio.Command]:
+        """The item's audio is complete: flush the filter tail and the last frame, padded with silence."""
+        self.ledger.finish(item_id)
+        if self._item != item_id:
+            return []
+        self._pending += self._audio.flush_to_caller()
+        self._pending += SILENCE_BYTE * (-len(self._pending) % FRAME_BYTES)
+        commands = self._frames(item_id)
+        self._item = None
+        return commands
+
+    def interrupt(self, now: float) -> Interruption:
+        """Barge-in at ``now``: clear Twilio, truncate what was not heard, forget what is pending."""
+        truncations = self.ledger.interrupt(now)
+        self._audio.reset_to_caller()
+        self._pending.clear()
+        self._item = None
+        return Interruption(twilio.SendClear(self.stream_sid), truncations)
+
+    def _frames(self, item_id: str) -> list[twilio.Command]:
+        commands: list[twilio.Command] = []
+        while len(self._pending) >= FRAME_BYTES:
+            frame = bytes(self._pending[:FRAME_BYTES])
+            del self._pending[:FRAME_BYTES]
+            commands.append(twilio.SendMedia(self.stream_sid, frame))
+            commands.append(twilio.SendMark(self.stream_sid, self.ledger.frame_sent(item_id, FRAME_MS)))
+            self.frames_sent += 1
+        return commands
