@@ -331,3 +331,18 @@ async def test_call_log_lines_carry_the_call_sid_and_payloads_only_when_asked() 
     assert any(line.startswith("< twilio {") for line in payload_lines)
     assert any(line.startswith("> realtime {") for line in payload_lines)
     assert all(len(line) < 260 for line in payload_lines)
+
+
+@pytest.mark.parametrize(
+    "env", [{"OPENAI_API_KEY": "sk-wrong-key-123"}, {"OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1"}]
+)
+async def test_a_model_that_refuses_or_cannot_be_reached_gets_the_caller_an_apology(
+    env: dict[str, str],
+) -> None:
+    async with LocalStack(env=env) as stack:
+        record = await call(
+            stack, script=[Say(QUESTION, AfterAgentSilent(timeout_ms=300))], max_duration_ms=15_000
+        )
+    assert record.end_reason == "server_closed"
+    assert record.runs_after_connect
+    assert [v.name for v in record.after_connect] == ["Say", "Hangup"]
