@@ -1,4 +1,4 @@
-"""Cost and quality of ``service.audio.Transcoder`` against the stdlib ``audioop`` path and python-soxr.
+"""Cost and quality of ``service.core.audio.Transcoder`` against the stdlib ``audioop`` path and python-soxr.
 
 Run from the repository root (a few seconds; ``--rounds`` trades time for steadier tails)::
 
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service import audio
+from service.core import audio
 from service.sim.signals import Floats, db, fit, settled, speech_like, tone
 
 with warnings.catch_warnings():
@@ -291,7 +291,7 @@ def report_cost(rounds: int, ups: list[bytes], downs: list[bytes]) -> None:
         print(f"| {name} | {up_ms:.2f} | {down_ms:.2f} |")
 
     print("\n## mu-law steps alone, µs per 20 ms frame (best of 7)\n")
-    print("| step | lookup table | audioop | service.audio uses |")
+    print("| step | lookup table | audioop | service.core.audio uses |")
     print("|---|---:|---:|---|")
     for label, table, stdlib, used in codec_costs():
         print(f"| {label} | {table:.2f} | {stdlib:.2f} | {used} |")
@@ -328,7 +328,7 @@ def report_quality(speech8: bytes) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Cost and quality of service.audio.Transcoder")
+    parser = argparse.ArgumentParser(description="Cost and quality of service.core.audio.Transcoder")
     parser.add_argument("--rounds", type=int, default=40, help="passes over the 500 frames (default 40)")
     args = parser.parse_args()
     speech24 = to_pcm16(speech_like(FRAMES * 0.02, 24000, seed=1))

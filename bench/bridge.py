@@ -23,10 +23,10 @@ import time
 
 import numpy as np
 
-from service import realtime, twilio
 from service.agents import Agent
-from service.audio import Transcoder
-from service.call import Call
+from service.core.audio import Transcoder
+from service.core.call import Call
+from service.wire import realtime, twilio
 
 SID = "MZ" + "0" * 32
 FRAMES = 3000  # 60 s of caller audio

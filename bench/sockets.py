@@ -1,7 +1,7 @@
 """Per-call CPU and added latency of the whole call path over real sockets on 127.0.0.1, N calls at once.
 
 The Dialtone server runs in its own process, the same app and server the Procfile runs
-(``python -m hypercorn 'service.app:create_app()'``, configured by environment variables,
+(``python -m hypercorn 'service.web.app:create_app()'``, configured by environment variables,
 ``LOG_LEVEL=WARNING``, started in an empty working directory so that no ``.env`` is read). The Realtime
 simulator and the N Twilio caller simulators run in this process, so the server's CPU is measured apart
 from theirs.
@@ -139,7 +139,7 @@ def cpu_s(pids: list[int]) -> float:
 
 
 class ServerProcess:
-    """``python -m hypercorn 'service.app:create_app()'`` on 127.0.0.1, its log in ``log_path``."""
+    """``python -m hypercorn 'service.web.app:create_app()'`` on 127.0.0.1, its log in ``log_path``."""
 
     def __init__(self, realtime_url: str, workdir: Path) -> None:
         self.port = free_port()
@@ -174,7 +174,7 @@ class ServerProcess:
             sys.executable,
             "-m",
             "hypercorn",
-            "service.app:create_app()",
+            "service.web.app:create_app()",
             "--bind",
             f"127.0.0.1:{self.port}",
         ]

@@ -84,7 +84,7 @@ async def run(speed: float, wav: Path, record_dir: Path | None) -> int:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    bridge_log = logging.getLogger("service.bridge")
+    bridge_log = logging.getLogger("service.runtime.bridge")
     bridge_log.setLevel(logging.INFO)
     bridge_log.addHandler(catcher)
     bridge_log.propagate = False

@@ -1,9 +1,10 @@
 """Replay a call recording through the call logic, in virtual time, and compare with the recording.
 
-A recording (:mod:`service.recording`) holds every message both peers sent, with its offset. Replay feeds
-the inbound ones, and the lifecycle events, to a fresh :class:`~service.call.Call` at their recorded
-offsets (``now`` is the recorded time: no clock, no sockets), serializes what the call decides to send,
-and compares that with what the service sent when the call was recorded: the recording is the golden.
+A recording (:mod:`service.runtime.recorder`) holds every message both peers sent, with its offset.
+Replay feeds the inbound ones, and the lifecycle events, to a fresh :class:`~service.core.call.Call`
+at their recorded offsets (``now`` is the recorded time: no clock, no sockets), serializes what the
+call decides to send, and compares that with what the service sent when the call was recorded: the
+recording is the golden.
 
 Audio is compared with a tolerance of a few least-significant steps (numpy builds may round the last
 bit differently); everything else must match exactly. Run it on files::
@@ -26,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from service import realtime, twilio
 from service.agents import Agent, TurnDetection
-from service.audio import AudioConverter, Transcoder
-from service.call import Call, Command, ConnectRealtime, EndCall, Rejected
+from service.core.audio import AudioConverter, Transcoder
+from service.core.call import Call, Command, ConnectRealtime, EndCall, Rejected
+from service.wire import realtime, twilio
 
 PCM_TOLERANCE = 2
 MULAW_TOLERANCE = 1

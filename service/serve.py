@@ -18,10 +18,10 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
 
-from service.app import create_app, secrets_of
 from service.config import load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
+from service.web.app import create_app, secrets_of
 
 log = logging.getLogger(__name__)
 GRACEFUL_TIMEOUT_S = 5.0

@@ -18,8 +18,8 @@ from io import BytesIO
 import numpy as np
 import pytest
 
-from service import audio
-from service.audio import AudioConverter, Transcoder
+from service.core import audio
+from service.core.audio import AudioConverter, Transcoder
 from service.sim.signals import Floats, db, fit, settled, speech_like, tone
 
 with warnings.catch_warnings():
@@ -79,7 +79,7 @@ def test_constants() -> None:
 
 def test_import_raises_no_deprecation_warning() -> None:
     """audioop warns on import on Python 3.11-3.12; the module silences exactly that warning."""
-    code = "import service.audio"
+    code = "import service.core.audio"
     subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], check=True, timeout=60)
 
 

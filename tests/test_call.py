@@ -6,9 +6,9 @@ import base64
 
 import pytest
 
-from service import realtime, twilio
 from service.agents import Agent, TurnDetection
-from service.call import Call, ConnectRealtime, EndCall, Rejected
+from service.core.call import Call, ConnectRealtime, EndCall, Rejected
+from service.wire import realtime, twilio
 
 SID = "MZ" + "0" * 32
 CALL = "CA" + "1" * 32

@@ -326,7 +326,9 @@ async def test_call_log_lines_carry_the_call_sid_and_payloads_only_when_asked() 
     summary = next(r for r in keep.records if getattr(r, "summary", None))
     assert summary.call_id == record.call_sid  # type: ignore[attr-defined]
     payload_lines = [
-        r.getMessage() for r in keep.records if r.name == "service.bridge" and r.levelno == logging.DEBUG
+        r.getMessage()
+        for r in keep.records
+        if r.name == "service.runtime.bridge" and r.levelno == logging.DEBUG
     ]
     assert any(line.startswith("< twilio {") for line in payload_lines)
     assert any(line.startswith("> realtime {") for line in payload_lines)

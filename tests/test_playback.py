@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.playback import PlaybackLedger, Truncation
+from service.core.playback import PlaybackLedger, Truncation
 
 
 def test_mark_names_round_trip_even_with_colons_in_item_ids() -> None:

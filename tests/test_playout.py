@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from service import twilio
-from service.audio import Transcoder
-from service.playback import PlaybackLedger
-from service.playout import Playout
+from service.core.audio import Transcoder
+from service.core.playback import PlaybackLedger
+from service.core.playout import Playout
+from service.wire import twilio
 
 SID = "MZ" + "3" * 32
 

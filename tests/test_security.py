@@ -11,7 +11,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from service.config import Settings
-from service.security import (
+from service.web.security import (
     SeenTokens,
     TokenCheck,
     UpgradeCheck,

@@ -13,10 +13,10 @@ from quart import Quart
 from twilio.request_validator import RequestValidator
 
 from service.agents import AgentStore
-from service.app import APOLOGY, NOT_IN_SERVICE, create_app, state_of
 from service.config import Settings
 from service.logs import bind_call, call_id_var, configure_logging
-from service.security import TokenCheck, check_stream_token
+from service.web.app import APOLOGY, NOT_IN_SERVICE, create_app, state_of
+from service.web.security import TokenCheck, check_stream_token
 
 NOW = 1_800_000_000.0
 CALL = "CA" + "ab" * 16
@@ -266,7 +266,7 @@ async def test_json_logs_carry_the_call_id_and_no_secrets(
     logging.getLogger("tests").info("oops %s", "leaky-secret-value")
 
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    answered = [e for e in lines if e["logger"] == "service.app" and "agent" in e["msg"]]
+    answered = [e for e in lines if e["logger"] == "service.web.app" and "agent" in e["msg"]]
     assert answered and answered[0]["call_id"] == CALL and answered[0]["level"] == "INFO"
     assert {"ts", "level", "logger", "call_id", "msg"} <= set(answered[0])
     rejected = [e for e in lines if "rejected" in e["msg"]]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import realtime, twilio
+from service.wire import realtime, twilio
 
 SID = "MZ" + "a" * 32
 
@@ -240,7 +240,7 @@ def test_every_client_event_we_can_send_is_a_valid_ga_event() -> None:
     from openai_schema import check_client_event
 
     from service.agents import Agent, TurnDetection
-    from service.call import session_for
+    from service.core.call import session_for
 
     agents = [
         Agent(key="default", instructions="x"),

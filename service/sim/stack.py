@@ -21,9 +21,9 @@ from hypercorn.config import Config
 from quart import Quart
 
 from service.agents import AgentStore
-from service.app import create_app
 from service.config import Settings
 from service.sim.realtime_server import RealtimeSimulator
+from service.web.app import create_app
 
 AUTH_TOKEN = "local-twilio-auth-token"
 API_KEY = "sk-sim-test-key"

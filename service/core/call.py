@@ -14,7 +14,7 @@ Tests drive it the same way, so they read like transcripts::
 
 Policies it implements (see ``shared/reference/lessons.md``): input clock aligned to Twilio timestamps,
 gaps filled with silence; outbound audio in whole 20 ms frames each followed by a mark; barge-in through
-the generation-tagged :class:`~service.playback.PlaybackLedger`; greeting after ``start`` and
+the generation-tagged :class:`~service.core.playback.PlaybackLedger`; greeting after ``start`` and
 ``session.updated``; fatal model errors and either socket closing end the call once.
 """
 
@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from service import realtime, twilio
 from service.agents import Agent
-from service.audio import MULAW_SILENCE, AudioConverter
-from service.playback import PlaybackLedger
-from service.playout import Playout
+from service.core.audio import MULAW_SILENCE, AudioConverter
+from service.core.playback import PlaybackLedger
+from service.core.playout import Playout
+from service.wire import realtime, twilio
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ class Call:
         return list(self._playout.finish(item_id))
 
     def _on_speech_started(self, now: float) -> list[Command]:
-        """Barge-in policy: the caller's speech stops the agent's (see :mod:`service.playout`)."""
+        """Barge-in policy: the caller's speech stops the agent's (see :mod:`service.core.playout`)."""
         self._caller_speaking = True
         self._last_media_at = max(self._last_media_at, now)
         assert self.agent is not None

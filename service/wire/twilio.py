@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from service import fields
-from service.fields import FieldError
+from service.wire import fields
+from service.wire.fields import FieldError
 
 BYTES_PER_MS = 8
 """mu-law at 8 kHz: one byte per sample, eight samples per millisecond."""

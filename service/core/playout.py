@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service import twilio
-from service.audio import MULAW_SILENCE, AudioConverter
-from service.playback import PlaybackLedger, Truncation
+from service.core.audio import MULAW_SILENCE, AudioConverter
+from service.core.playback import PlaybackLedger, Truncation
+from service.wire import twilio
 
 FRAME_MS = twilio.FRAME_MS
 FRAME_BYTES = twilio.FRAME_BYTES

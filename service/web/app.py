@@ -21,8 +21,8 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from service.agents import Agent, AgentStore
 from service.config import DEPRECATED_MODELS, MEDIA_PATH, VOICE_PATH, Settings, load_settings
 from service.logs import bind_call, configure_logging
-from service.media import media_stream
-from service.security import (
+from service.web.media import media_stream
+from service.web.security import (
     SIGNATURE_HEADER,
     SeenTokens,
     mint_stream_token,
@@ -54,7 +54,7 @@ class AppState:
 def state_of(app: Quart) -> AppState:
     state = app.extensions.get(_STATE_KEY)
     if not isinstance(state, AppState):
-        raise TypeError("not an app built by service.app.create_app")
+        raise TypeError("not an app built by service.web.app.create_app")
     return state
 
 

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 from quart import Response, websocket
 from websockets.asyncio.client import connect
 
-from service import twilio
 from service.agents import Agent
-from service.audio import Transcoder
-from service.bridge import Bridge, RealtimeSocket, SocketClosed
-from service.call import Authorize, Call, Rejected
-from service.recording import Recorder
-from service.security import TokenCheck, check_stream_upgrade
+from service.core.audio import Transcoder
+from service.core.call import Authorize, Call, Rejected
+from service.runtime.bridge import Bridge, RealtimeSocket, SocketClosed
+from service.runtime.recorder import Recorder
+from service.web.security import TokenCheck, check_stream_upgrade
+from service.wire import twilio
 
 if TYPE_CHECKING:
-    from service.app import AppState
+    from service.web.app import AppState
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ MAX_MODEL_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class QuartTwilioSocket:
-    """Adapts Quart's accepted websocket to :class:`service.bridge.TwilioSocket`."""
+    """Adapts Quart's accepted websocket to :class:`service.runtime.bridge.TwilioSocket`."""
 
     async def receive(self) -> str | bytes:
         return await websocket.receive()

@@ -1,4 +1,4 @@
-"""The thin asyncio layer that runs one call: move messages, hand them to :class:`~service.call.Call`,
+"""The thin asyncio layer that runs one call: move messages, hand them to :class:`~service.core.call.Call`,
 execute the commands it returns, in order.
 
 Everything that happens to a call goes through one queue and one consumer loop, so the call sees a
@@ -26,10 +26,10 @@ from typing import Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from service import realtime, twilio
-from service.call import Call, Command, ConnectRealtime, EndCall
+from service.core.call import Call, Command, ConnectRealtime, EndCall
 from service.logs import call_id_var
-from service.recording import Recorder
+from service.runtime.recorder import Recorder
+from service.wire import realtime, twilio
 
 log = logging.getLogger(__name__)
 

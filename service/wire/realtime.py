@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from service import fields
-from service.fields import FieldError
+from service.wire import fields
+from service.wire.fields import FieldError
 
 BYTES_PER_MS = 48
 """PCM16 at 24 kHz: two bytes a sample, 24 samples a millisecond."""

@@ -1,5 +1,5 @@
-"""Reading fields out of a peer's decoded JSON object, for the wire modules (:mod:`service.twilio`,
-:mod:`service.realtime`). Each reader raises :class:`FieldError` naming the field; the wire module turns
+"""Reading fields out of a peer's decoded JSON object, for the wire modules (:mod:`service.wire.twilio`,
+:mod:`service.wire.realtime`). Each reader raises :class:`FieldError` naming the field; the wire module turns
 that into its ``Invalid`` event, so no message is ever quoted back."""
 
 from __future__ import annotations
