@@ -23,9 +23,11 @@ import time
 
 import numpy as np
 
-from service.agents import Agent
+from service.core.agent import Agent
 from service.core.audio import Transcoder
 from service.core.call import Call
+from service.core.inputs import ModelMessage, ModelOpened, StartAuthorized, StreamAccepted, TwilioMessage
+from service.runtime.routing import Outgoing, Router
 from service.wire import realtime, twilio
 
 SID = "MZ" + "0" * 32
@@ -39,9 +41,9 @@ def _pct(samples: list[float], q: float) -> float:
 
 def make_call() -> Call:
     agent = Agent(key="default", instructions="Be brief.")
-    call = Call(authorize=lambda s, n: agent, transcoder=Transcoder(), default_model="gpt-realtime-2.1")
-    call.begin(0.0)
-    call.realtime_opened(0.0)
+    call = Call(transcoder=Transcoder(), default_model="gpt-realtime-2.1")
+    call.handle(StreamAccepted(), 0.0)
+    call.handle(ModelOpened(1, 0.0), 0.0)
     start = json.dumps(
         {
             "event": "start",
@@ -57,8 +59,13 @@ def make_call() -> Call:
             },
         }
     )
-    call.receive_twilio(twilio.parse(start), 0.0)
+    call.handle(TwilioMessage(twilio.parse(start)), 0.0)
+    call.handle(StartAuthorized(agent), 0.0)
     return call
+
+
+def texts(router: Router, commands: list) -> list[str]:  # type: ignore[type-arg]
+    return [out.text for out in map(router.route, commands) if isinstance(out, Outgoing)]
 
 
 def speechlike(n: int, rate: int, seed: int) -> np.ndarray:
@@ -71,6 +78,7 @@ def speechlike(n: int, rate: int, seed: int) -> np.ndarray:
 
 
 def bench_inbound(call: Call) -> list[float]:
+    router = Router()
     mulaw = Transcoder().to_caller(speechlike(FRAMES * 480, 24_000, 1).tobytes())
     costs = []
     for i in range(FRAMES):
@@ -80,7 +88,7 @@ def bench_inbound(call: Call) -> list[float]:
             f'"chunk":"{i + 1}","timestamp":"{i * 20}","payload":"{payload}"}}}}'
         )
         t0 = time.perf_counter_ns()
-        out = [realtime.serialize(c, "evt_1") for c in call.receive_twilio(twilio.parse(text), i * 0.02)]
+        out = texts(router, call.handle(TwilioMessage(twilio.parse(text), text), i * 0.02))
         costs.append((time.perf_counter_ns() - t0) / 1000)
         assert len(out) == 1
     return costs
@@ -128,7 +136,8 @@ def bench_outbound(call: Call) -> tuple[list[float], list[float]]:
     pcm = speechlike(FRAMES * 480, 24_000, 2).tobytes()
     per_delta_frames = DELTA_MS // 20
     costs, echo_costs = [], []
-    call.receive_realtime(realtime.ResponseCreated("resp_1"), 0.0)
+    router = Router()
+    call.handle(ModelMessage(1, realtime.ResponseCreated("resp_1")), 0.0)
     step = DELTA_MS * 48
     for k, i in enumerate(range(0, len(pcm), step)):
         text = json.dumps(
@@ -143,8 +152,7 @@ def bench_outbound(call: Call) -> tuple[list[float], list[float]]:
             }
         )
         t0 = time.perf_counter_ns()
-        commands = call.receive_realtime(realtime.parse(text), k * 0.1)
-        out = [twilio.serialize(c) for c in commands if isinstance(c, twilio.SendMedia | twilio.SendMark)]
+        out = texts(router, call.handle(ModelMessage(1, realtime.parse(text), text), k * 0.1))
         costs.append((time.perf_counter_ns() - t0) / 1000 / per_delta_frames)
         for msg in out:
             if '"mark"' in msg:
@@ -153,7 +161,7 @@ def bench_outbound(call: Call) -> tuple[list[float], list[float]]:
                     {"event": "mark", "sequenceNumber": "9", "streamSid": SID, "mark": {"name": name}}
                 )
                 t1 = time.perf_counter_ns()
-                call.receive_twilio(twilio.parse(echo), k * 0.1)
+                call.handle(TwilioMessage(twilio.parse(echo), echo), k * 0.1)
                 echo_costs.append((time.perf_counter_ns() - t1) / 1000)
     return costs, echo_costs
 

@@ -29,12 +29,13 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from service.config import DEPRECATED_MODELS
+from service.core.agent import Agent, TurnDetection
 from service.errors import ConfigError
 
 __all__ = [
@@ -53,7 +54,6 @@ DEFAULT_KEY = "default"
 BUILTIN_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
-NoiseReduction = Literal["near_field", "far_field"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _CUSTOM_VOICE = re.compile(r"voice_[A-Za-z0-9_-]+")
@@ -72,38 +72,6 @@ _TURN_KEYS = frozenset(
         "idle_timeout_ms",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TurnDetection:
-    """Server VAD settings sent in ``session.audio.input.turn_detection``."""
-
-    type: Literal["server_vad"] = "server_vad"
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
-    idle_timeout_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Agent:
-    """One agent: what the model is told, how it sounds and when it takes its turn."""
-
-    key: str
-    instructions: str = field(repr=False)
-    voice: str = "marin"
-    greeting: str | None = field(default=None, repr=False)
-    model: str | None = None
-    turn_detection: TurnDetection = TurnDetection()
-    transcription_model: str = "gpt-4o-mini-transcribe"
-    noise_reduction: NoiseReduction | None = "near_field"
-
-    @property
-    def voice_param(self) -> str | dict[str, str]:
-        """The GA ``audio.output.voice`` value: a name, or ``{"id": ...}`` for a custom voice."""
-        return {"id": self.voice} if self.voice.startswith("voice_") else self.voice
 
 
 @dataclass(frozen=True, slots=True)

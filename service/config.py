@@ -17,6 +17,11 @@ every problem at once. Messages name the variable, never the value of a secret.
     STREAM_SIGNATURE        require (default) | allow-missing: a media upgrade without X-Twilio-Signature
     RECORD_CALLS_DIR        optional: write each call as JSONL there
     LOG_PAYLOADS            default false
+    TRUNCATE_SLACK_MS       default 0: added to what the caller heard when truncating on barge-in
+    MODEL_CONNECT_TIMEOUT_S default 5: one attempt to open the model socket
+    MODEL_RECONNECT_GIVE_UP_S  default 10: stop reopening a lost model socket after this long
+    ROLLOVER_MARGIN_S       default 300: replace a model session this long before its 60-minute limit
+    CONTEXT_REPLAY_TOKENS   default 4000: conversation replayed to a replacement session, at most
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
+from service.core.call import CallConfig
+from service.core.links import RolloverPolicy
+from service.core.reconnect import ReconnectPolicy
 from service.errors import ConfigError
 
 __all__ = [
@@ -94,6 +102,10 @@ class Settings:
     record_calls_dir: Path | None = None
     log_payloads: bool = False
     truncate_slack_ms: int = 0
+    model_connect_timeout_s: float = 5.0
+    model_reconnect_give_up_s: float = 10.0
+    rollover_margin_s: float = 300.0
+    context_replay_tokens: int = 4_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -171,6 +183,16 @@ class Settings:
         record_dir = get("RECORD_CALLS_DIR")
         slack_ms = _int_in(get("TRUNCATE_SLACK_MS"), "TRUNCATE_SLACK_MS", 0, 0, 200, problems)
         log_payloads = _bool(get("LOG_PAYLOADS"), "LOG_PAYLOADS", problems)
+        connect_timeout_s = _float_in(
+            get("MODEL_CONNECT_TIMEOUT_S"), "MODEL_CONNECT_TIMEOUT_S", 5.0, 0.5, 60.0, problems
+        )
+        give_up_s = _float_in(
+            get("MODEL_RECONNECT_GIVE_UP_S"), "MODEL_RECONNECT_GIVE_UP_S", 10.0, 0.0, 120.0, problems
+        )
+        margin_s = _float_in(get("ROLLOVER_MARGIN_S"), "ROLLOVER_MARGIN_S", 300.0, 1.0, 1800.0, problems)
+        context_tokens = _int_in(
+            get("CONTEXT_REPLAY_TOKENS"), "CONTEXT_REPLAY_TOKENS", 4_000, 0, 32_000, problems
+        )
 
         if problems:
             raise ConfigError(problems, source="settings")
@@ -190,6 +212,20 @@ class Settings:
             record_calls_dir=Path(record_dir) if record_dir is not None else None,
             log_payloads=log_payloads,
             truncate_slack_ms=slack_ms,
+            model_connect_timeout_s=connect_timeout_s,
+            model_reconnect_give_up_s=give_up_s,
+            rollover_margin_s=margin_s,
+            context_replay_tokens=context_tokens,
+        )
+
+    @property
+    def call_config(self) -> CallConfig:
+        """The per-call policies these settings choose."""
+        return CallConfig(
+            truncate_slack_ms=self.truncate_slack_ms,
+            reconnect=ReconnectPolicy(give_up_s=self.model_reconnect_give_up_s),
+            rollover=RolloverPolicy(margin_s=self.rollover_margin_s),
+            context_tokens=self.context_replay_tokens,
         )
 
     @property
@@ -283,6 +319,21 @@ def _int_in(raw: str | None, name: str, default: int, low: int, high: int, probl
         value = low - 1
     if not low <= value <= high:
         problems.append(f"{name}: must be an integer from {low} to {high} (got {_show(raw)})")
+        return default
+    return value
+
+
+def _float_in(
+    raw: str | None, name: str, default: float, low: float, high: float, problems: list[str]
+) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # NaN fails too
+        problems.append(f"{name}: must be a number from {low:g} to {high:g} (got {_show(raw)})")
         return default
     return value
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
-import itertools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -27,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from service.agents import Agent, TurnDetection
+from service.core.agent import Agent
 from service.core.audio import AudioConverter, Transcoder
-from service.core.call import Call, Command, ConnectRealtime, EndCall, Rejected
-from service.wire import realtime, twilio
+from service.core.call import Call
+from service.core.inputs import StartAuthorized, StartRejected, StreamAccepted
+from service.runtime.recorder import Line, agent_from_dict, input_line, read_input
+from service.runtime.routing import Outgoing, Router
+from service.wire import twilio
 
 PCM_TOLERANCE = 2
 MULAW_TOLERANCE = 1
@@ -38,24 +40,49 @@ MULAW_TOLERANCE = 1
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """One recorded line: an input of the call, or a message it sent (``direction == "out"``)."""
+
     t_ms: float
-    peer: str
-    direction: str
-    msg: str = ""
-    event: str = ""
-    detail: str = ""
+    line: Line = field(repr=False)
+
+    @property
+    def peer(self) -> str:
+        return str(self.line.get("peer", ""))
+
+    @property
+    def direction(self) -> str:
+        return str(self.line.get("dir", ""))
+
+    @property
+    def msg(self) -> str:
+        return str(self.line.get("msg", ""))
+
+    @property
+    def event(self) -> str:
+        return str(self.line.get("event", ""))
+
+    @property
+    def link(self) -> int:
+        return int(self.line.get("link", 1))
 
 
 @dataclass(slots=True)
 class Recording:
     path: Path
     default_model: str
-    agent: Agent | None
     entries: list[Entry]
     summary: dict[str, Any]
 
     def outbound(self) -> list[tuple[str, str]]:
         return [(e.peer, e.msg) for e in self.entries if e.direction == "out"]
+
+    @property
+    def agent(self) -> Agent | None:
+        """The agent the recorded call ran with (None if its stream was rejected)."""
+        for entry in self.entries:
+            if entry.event == "authorized":
+                return agent_from_dict(entry.line["agent"])
+        return None
 
 
 @dataclass(slots=True)
@@ -79,84 +106,64 @@ def _open(path: Path) -> Iterator[str]:
             yield from fh
 
 
-def agent_from_dict(data: dict[str, Any]) -> Agent:
-    fields = dict(data)
-    fields["turn_detection"] = TurnDetection(**fields.get("turn_detection", {}))
-    return Agent(**fields)
-
-
 def load(path: str | Path) -> Recording:
-    """Read a recording (``.jsonl`` or ``.jsonl.gz``)."""
+    """Read a recording (``.jsonl`` or ``.jsonl.gz``), version 1 or 2.
+
+    A version 1 file has no ``accepted`` line and keeps the agent on a line of its own: the inputs it
+    implies (accepted at 0; the verdict right after ``start``) are put where the bridge now records them.
+    """
     path = Path(path)
     default_model = ""
-    agent: Agent | None = None
+    version = 1
+    v1_agent: Agent | None = None
     summary: dict[str, Any] = {}
     entries: list[Entry] = []
-    for line in _open(path):
-        if not line.strip():
+    for text in _open(path):
+        if not text.strip():
             continue
-        obj = json.loads(line)
+        obj = json.loads(text)
         if "recording" in obj:
             default_model = str(obj.get("default_model", ""))
-        elif "agent" in obj:
-            agent = agent_from_dict(obj["agent"])
+            version = int(obj["recording"])
         elif "summary" in obj:
             summary = obj["summary"]
+        elif "t" not in obj and "agent" in obj:
+            v1_agent = agent_from_dict(obj["agent"])
         else:
-            entries.append(
-                Entry(
-                    t_ms=float(obj["t"]),
-                    peer=obj["peer"],
-                    direction=obj["dir"],
-                    msg=obj.get("msg", ""),
-                    event=obj.get("event", ""),
-                    detail=obj.get("detail", ""),
-                )
-            )
-    return Recording(path, default_model, agent, entries, summary)
+            entries.append(Entry(float(obj["t"]), obj))
+    if version == 1:
+        entries = _upgrade_v1(entries, v1_agent)
+    return Recording(path, default_model, entries, summary)
+
+
+def _upgrade_v1(entries: list[Entry], agent: Agent | None) -> list[Entry]:
+    upgraded = [Entry(0.0, input_line(StreamAccepted()))]
+    verdict = StartAuthorized(agent) if agent is not None else StartRejected("the recorded call was rejected")
+    started = False
+    for entry in entries:
+        upgraded.append(entry)
+        is_start = entry.peer == "twilio" and entry.direction == "in" and '"start"' in entry.msg
+        if is_start and not started and isinstance(twilio.parse(entry.msg), twilio.Start):
+            started = True
+            upgraded.append(Entry(entry.t_ms, input_line(verdict)))
+    return upgraded
 
 
 def replay(recording: Recording, transcoder: Callable[[], AudioConverter] = Transcoder) -> ReplayResult:
     """Feed the recording's inputs to a new Call; compare its outputs with the recorded ones."""
-    agent = recording.agent
-
-    def authorize(start: twilio.Start, now_s: float) -> Agent | Rejected:
-        return agent if agent is not None else Rejected("the recorded call was rejected")
-
-    call = Call(authorize=authorize, transcoder=transcoder(), default_model=recording.default_model)
-    event_ids = itertools.count(1)
+    call = Call(transcoder=transcoder(), default_model=recording.default_model)
+    router = Router()
     sent: list[tuple[str, str]] = []
-
-    def emit(commands: list[Command]) -> None:
-        for command in commands:
-            match command:
-                case twilio.SendMedia() | twilio.SendMark() | twilio.SendClear():
-                    sent.append(("twilio", twilio.serialize(command)))
-                case ConnectRealtime() | EndCall():
-                    pass
-                case _:
-                    sent.append(("realtime", realtime.serialize(command, f"evt_{next(event_ids)}")))
-
-    emit(call.begin(0.0))
     for entry in recording.entries:
-        now = entry.t_ms / 1000
         if call.ended:
             break
-        match (entry.peer, entry.direction, entry.event):
-            case ("twilio", "in", _):
-                emit(call.receive_twilio(twilio.parse(entry.msg), now))
-            case ("realtime", "in", _):
-                emit(call.receive_realtime(realtime.parse(entry.msg), now))
-            case ("realtime", "event", "open"):
-                emit(call.realtime_opened(now))
-            case ("realtime", "event", "closed"):
-                emit(call.realtime_closed(now, entry.detail))
-            case ("twilio", "event", "closed"):
-                emit(call.twilio_closed(now))
-            case ("timer", "event", "timeout"):
-                emit(call.receive_timeout(now))
-            case _:
-                pass
+        event = read_input(entry.line)
+        if event is None:
+            continue
+        for command in call.handle(event, entry.t_ms / 1000):
+            out = router.route(command)
+            if isinstance(out, Outgoing):
+                sent.append((out.peer, out.text))
     result = ReplayResult(sent, recording.outbound(), call=call)
     result.mismatches = compare(result.expected, result.sent)
     return result

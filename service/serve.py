@@ -21,6 +21,7 @@ from quart import Quart
 from service.config import load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
+from service.web import wsfix
 from service.web.app import create_app, secrets_of
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def main() -> int:
     config.accesslog = None  # the per-call summary lines are the useful record
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     log.info("Dialtone on port %d, public URL %s", settings.port, settings.public_base_url)
+    wsfix.install()  # a websocket hypercorn fails gets a close frame with the code (1007 for bad UTF-8)
     asyncio.run(_serve(app, config))
     return 0
 

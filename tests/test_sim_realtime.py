@@ -41,6 +41,7 @@ RESPONSE_TYPES = [  # the GA order of one audio response, deltas left out
     "rate_limits.updated",
 ]
 DELTAS = ("response.output_audio.delta", "response.output_audio_transcript.delta")
+TRANSCRIPTION_DELTA = "conversation.item.input_audio_transcription.delta"
 
 
 def upsample_8k_to_24k(pcm: bytes) -> bytes:
@@ -185,6 +186,9 @@ async def test_unknown_path_and_handshake_rejection_mode() -> None:
          "Invalid value: 'pcm16'. Supported values are: 'audio/pcm', 'audio/pcmu', and 'audio/pcma'."),
         ({"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}},
          "decimal_above_max_value", "session.audio.input.turn_detection.threshold", None),
+        ({"type": "realtime", "audio": {"input": {"noise_reduction": {"type": "wibble"}}}}, "invalid_value",
+         "session.audio.input.noise_reduction.type",
+         "Invalid value: 'wibble'. Supported values are: 'near_field' and 'far_field'."),
         ({"type": "realtime", "input_audio_format": "g711_ulaw"}, "unknown_parameter",
          "session.input_audio_format", None),
         ({"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad",
@@ -230,12 +234,14 @@ async def test_server_vad_turn_then_response_in_ga_order(sim: RealtimeSimulator,
     await client.append(silence_24k(600) + upsample_8k_to_24k(question.pcm) + silence_24k(1500))
     events = await client.until("rate_limits.updated")
     types = [e["type"] for e in events if e["type"] not in DELTAS]
-    assert types == [
+    deltas = types.count(TRANSCRIPTION_DELTA)
+    assert deltas > 1 and types == [
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
         "conversation.item.added",
         "conversation.item.done",
+        *[TRANSCRIPTION_DELTA] * deltas,
         "conversation.item.input_audio_transcription.completed",
         *RESPONSE_TYPES,
     ]
@@ -246,6 +252,9 @@ async def test_server_vad_turn_then_response_in_ga_order(sim: RealtimeSimulator,
     assert committed["previous_item_id"] is None
     transcription = next(e for e in events if e["type"].endswith("transcription.completed"))
     assert transcription["transcript"] == question.text
+    pieces = [e for e in events if e["type"] == TRANSCRIPTION_DELTA]
+    assert "".join(e["delta"] for e in pieces) == question.text
+    assert {(e["item_id"], e["content_index"]) for e in pieces} == {(committed["item_id"], 0)}
 
     reply = load_clip("reply_short")  # turn 1 of the default script
     audio = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == DELTAS[0])
@@ -318,6 +327,100 @@ async def test_one_response_at_a_time_and_the_greeting_comes_first(
         "Say exactly 'hi'.",
         "client",
     )
+
+
+def message(role: str, part: str, text: str) -> dict[str, Any]:
+    return {"type": "message", "role": role, "content": [{"type": part, "text": text}]}
+
+
+async def replay(client: Client, turns: list[tuple[str, str]]) -> list[str]:
+    """Create text messages (role, text) in order, as a client replays context on a new socket;
+    check each gets conversation.item.added then .done in GA shape; return the item ids."""
+    ids: list[str] = []
+    for i, (role, text) in enumerate(turns):
+        part = "input_text" if role == "user" else "output_text"
+        await client.send({"type": "conversation.item.create", "event_id": f"evt_{i}",
+                           "item": message(role, part, text)})  # fmt: skip
+        added, done = await client.recv(), await client.recv()
+        assert (added["type"], done["type"]) == ("conversation.item.added", "conversation.item.done")
+        previous = ids[-1] if ids else None
+        assert added["previous_item_id"] == done["previous_item_id"] == previous
+        assert added["item"] == done["item"]
+        item = done["item"]
+        assert item["id"].startswith("item_") and item["id"] not in ids
+        assert (item["type"], item["role"], item["status"], item["object"]) == (
+            "message", role, "completed", "realtime.item",
+        )  # fmt: skip
+        assert item["content"] == [{"type": part, "text": text}]
+        ids.append(item["id"])
+    return ids
+
+
+async def test_context_replay_then_the_reply_for_turn_3(sim: RealtimeSimulator, client: Client) -> None:
+    question, followup = load_clip("caller_question"), load_clip("caller_followup")
+    ids = await replay(client, [
+        ("user", question.text), ("assistant", load_clip("reply_short").text),
+        ("user", followup.text), ("assistant", load_clip("reply_long").text),
+    ])  # fmt: skip
+    conn = sim.connections[0]
+    assert conn.conversation.user_turns == 2 and conn.conversation.order == ids
+    # the caller's next turn is the third: the response plays the script's reply for turn 3
+    await update(client, {"audio": {"input": {"turn_detection": None}}})
+    await client.append(upsample_8k_to_24k(load_clip("caller_interrupt").pcm))
+    await client.send({"type": "input_audio_buffer.commit"})
+    committed = (await client.until("conversation.item.done"))[0]
+    assert committed["type"] == "input_audio_buffer.committed" and committed["previous_item_id"] == ids[-1]
+    await client.send({"type": "response.create"})
+    events = await client.until("rate_limits.updated")
+    reply = load_clip("reply_followup")
+    assert conn.responses[0].clip == reply.name
+    assert b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == DELTAS[0]) == reply.pcm
+    done = next(e for e in events if e["type"] == "response.done")["response"]
+    assert done["output"][0]["content"] == [{"type": "output_audio", "transcript": reply.text}]
+    assert len(conn.conversation.order) == 6
+    usage = done["usage"]["input_token_details"]
+    assert usage["text_tokens"] > 0 and usage["audio_tokens"] > 0  # the replayed text is input too
+
+
+async def test_context_replay_then_the_cut_turn_is_answered_again(
+    sim: RealtimeSimulator, client: Client
+) -> None:
+    await replay(client, [("user", "What time are you open?"), ("assistant", "We open at nine."),
+                          ("user", "And on the weekend?")])  # fmt: skip
+    await client.send({"type": "response.create"})
+    assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
+    assert sim.connections[0].responses[0].clip == "reply_long"  # the reply for turn 2
+
+
+@pytest.mark.parametrize(
+    ("item", "code", "param"),
+    [
+        (message("assistant", "input_text", "hi"), "invalid_value", "item.content[0].type"),
+        (message("assistant", "text", "hi"), "invalid_value", "item.content[0].type"),  # beta shape
+        (message("user", "output_text", "hi"), "invalid_value", "item.content[0].type"),
+        (message("system", "output_text", "hi"), "invalid_value", "item.content[0].type"),
+        ({"type": "message", "role": "user", "content": [{"text": "hi"}]}, "missing_required_parameter",
+         "item.content[0].type"),
+        ({"type": "message", "role": "user", "content": [{"type": "input_text", "txt": "hi"}]},
+         "unknown_parameter", "item.content[0].txt"),
+        ({"type": "message", "role": "user", "content": [{"type": "input_text", "text": 1}]}, "invalid_type",
+         "item.content[0].text"),
+        ({"type": "message", "role": "user"}, "missing_required_parameter", "item.content"),
+        ({"type": "message", "role": "developer", "content": []}, "invalid_value", "item.role"),
+        ({"type": "message", "role": "user", "content": "hi"}, "invalid_type", "item.content"),
+    ],
+)  # fmt: skip
+async def test_malformed_items_are_refused(
+    sim: RealtimeSimulator, client: Client, item: dict[str, Any], code: str, param: str
+) -> None:
+    await client.send({"type": "conversation.item.create", "event_id": "evt_bad", "item": item})
+    error = (await client.recv())["error"]
+    assert (error["code"], error["param"], error["event_id"]) == (code, param, "evt_bad")
+    if code == "invalid_value" and param.endswith(".type"):
+        assert error["message"].startswith(
+            f"Invalid value: '{item['content'][0]['type']}'. Supported values are:"
+        )
+    assert sim.connections[0].conversation.order == [] and sim.connections[0].conversation.user_turns == 0
 
 
 async def test_cancel_errors_then_cancels_the_active_response(sim: RealtimeSimulator, client: Client) -> None:

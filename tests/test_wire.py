@@ -187,7 +187,9 @@ def test_realtime_error_and_unknown_and_invalid() -> None:
             }
         )
     )
-    assert err == realtime.Error("invalid_request_error", "response_cancel_not_active", "m", None, "evt_3")
+    assert err == realtime.Error(
+        "invalid_request_error", "response_cancel_not_active", "m", None, "evt_3", realtime.ErrorKind.BENIGN
+    )
     assert realtime.parse('{"type":"rate_limits.updated"}') == realtime.Unknown("rate_limits.updated")
     assert isinstance(realtime.parse("nope"), realtime.Invalid)
     odd = json.dumps(

@@ -119,6 +119,10 @@ class PlaybackLedger:
                 del self._items[item_id]
         return Echo(item_id, end_ms, counted)
 
+    def unplayed_items(self) -> list[str]:
+        """Items with audio queued at Twilio or still waiting to be sent."""
+        return [item.item_id for item in self._items.values() if item.played_ms < item.generated_ms]
+
     def has_unplayed(self) -> bool:
         """Is any agent audio queued at Twilio or still waiting to be sent?"""
         return any(item.played_ms < item.generated_ms for item in self._items.values())

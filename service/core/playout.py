@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.core.audio import MULAW_SILENCE, AudioConverter
+from service.core.commands import Command
 from service.core.playback import PlaybackLedger, Truncation
 from service.wire import twilio
 
@@ -24,10 +25,15 @@ SILENCE_BYTE = bytes([MULAW_SILENCE])
 
 @dataclass(frozen=True, slots=True)
 class Interruption:
-    """What a barge-in sends: Twilio's ``clear``, then the truncations for the model."""
+    """What a barge-in sends: Twilio's ``clear``, then the truncations for the model.
+
+    ``heard`` has every item that still had audio to play, with the model ms of it the caller heard
+    (the truncation point, or 0 for an item of which nothing was heard).
+    """
 
     clear: twilio.SendClear
     truncations: list[Truncation]
+    heard: dict[str, int]
 
 
 class Playout:
@@ -46,8 +52,8 @@ class Playout:
         """Is agent audio queued at Twilio, playing, or waiting here to be sent?"""
         return self.ledger.has_unplayed() or bool(self._pending)
 
-    def audio(self, item_id: str, response_id: str, pcm16_24k: bytes) -> list[twilio.Command]:
-        commands: list[twilio.Command] = []
+    def audio(self, item_id: str, response_id: str, pcm16_24k: bytes) -> list[Command]:
+        commands: list[Command] = []
         if self._item is not None and self._item != item_id:
             commands += self.finish(self._item)
         item = self.ledger.add_generated(item_id, response_id, len(pcm16_24k))
@@ -58,7 +64,7 @@ class Playout:
         self._pending += self._audio.to_caller(pcm16_24k)
         return commands + self._frames(item_id)
 
-    def finish(self, item_id: str) -> list[twilio.Command]:
+    def finish(self, item_id: str) -> list[Command]:
         """The item's audio is complete: flush the filter tail and the last frame, padded with silence."""
         self.ledger.finish(item_id)
         if self._item != item_id:
@@ -71,14 +77,16 @@ class Playout:
 
     def interrupt(self, now: float) -> Interruption:
         """Barge-in at ``now``: clear Twilio, truncate what was not heard, forget what is pending."""
+        heard = dict.fromkeys(self.ledger.unplayed_items(), 0)
         truncations = self.ledger.interrupt(now)
+        heard.update((t.item_id, t.audio_end_ms) for t in truncations)
         self._audio.reset_to_caller()
         self._pending.clear()
         self._item = None
-        return Interruption(twilio.SendClear(self.stream_sid), truncations)
+        return Interruption(twilio.SendClear(self.stream_sid), truncations, heard)
 
-    def _frames(self, item_id: str) -> list[twilio.Command]:
-        commands: list[twilio.Command] = []
+    def _frames(self, item_id: str) -> list[Command]:
+        commands: list[Command] = []
         while len(self._pending) >= FRAME_BYTES:
             frame = bytes(self._pending[:FRAME_BYTES])
             del self._pending[:FRAME_BYTES]

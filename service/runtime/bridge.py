@@ -2,33 +2,47 @@
 execute the commands it returns, in order.
 
 Everything that happens to a call goes through one queue and one consumer loop, so the call sees a
-single ordered stream of inputs (which is also exactly what the recorder writes and replay feeds back):
+single ordered stream of :mod:`~service.core.inputs` (which is also exactly what the recorder writes and
+the replay feeds back):
 
-    twilio reader ──┐
-    model reader ───┼──> queue ──> loop: Call.receive_*(...) -> commands -> send / connect / end
-    (deadlines) ────┘                     (timeouts come from Call.next_deadline())
+    twilio reader ───┐
+    model readers ───┼──> queue ──> loop: Call.handle(input, now) -> commands -> send / open / close / end
+    timer (call_at) ─┘                    (one timer, re-armed at Call.next_deadline())
 
-Supervision: the readers and the model connector are tasks owned by :class:`Bridge`; whatever way the
-call ends (a command, a closed socket, cancellation by Quart when Twilio disconnects), ``finally``
-cancels them, closes both sockets and logs the one summary line.
+Model sockets are opened, read and closed here on the call's orders (``OpenModel`` / ``CloseModel``),
+each by its own task; a socket's end is reported once, as ``ModelClosed`` (unless the call closed it).
+Supervision: whatever way the call ends (a command, a closed socket, cancellation by Quart when Twilio
+disconnects), ``finally`` cancels every task, closes every socket and logs the one summary line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from service.core.call import Call, Command, ConnectRealtime, EndCall
+from service.core.call import Call
+from service.core.commands import Authorize, CloseModel, Command, EndCall, OpenModel
+from service.core.inputs import (
+    Input,
+    ModelClosed,
+    ModelMessage,
+    ModelOpened,
+    StartAuthorized,
+    StartRejected,
+    StreamAccepted,
+    TimerFired,
+    TwilioClosed,
+    TwilioMessage,
+)
 from service.logs import call_id_var
 from service.runtime.recorder import Recorder
+from service.runtime.routing import Outgoing, Router
 from service.wire import realtime, twilio
 
 log = logging.getLogger(__name__)
@@ -65,156 +79,151 @@ class RealtimeSocket(Protocol):
 
 OpenRealtime = Callable[[str], Awaitable[RealtimeSocket]]
 """Open a model socket for a model name."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Input:
-    kind: str  # "twilio" | "twilio_closed" | "realtime" | "realtime_open" | "realtime_closed"
-    data: str | bytes = ""
-    generation: int = 0
+Authorizer = Callable[[twilio.Start], StartAuthorized | StartRejected]
+"""The verdict on a stream's ``start`` (reads the wall clock and the single-use token register)."""
 
 
 class Bridge:
-    """Runs one :class:`Call` between a Twilio socket and a model socket."""
+    """Runs one :class:`Call` between a Twilio socket and its model sockets."""
 
     def __init__(
         self,
         call: Call,
         twilio_ws: TwilioSocket,
         open_realtime: OpenRealtime,
+        authorize: Authorizer,
         *,
         recorder: Recorder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        connect_timeout_s: float = REALTIME_CONNECT_TIMEOUT_S,
         log_payloads: bool = False,
     ) -> None:
         self.call = call
         self._twilio = twilio_ws
         self._open_realtime = open_realtime
+        self._authorize = authorize
         self._recorder = recorder
         self._clock = clock
-        self._queue: asyncio.Queue[_Input] = asyncio.Queue()
-        self._realtime: RealtimeSocket | None = None
-        self._realtime_generation = 0
-        self._realtime_task: asyncio.Task[None] | None = None
-        self._event_ids = itertools.count(1)
+        self._wall_clock = wall_clock
+        self._connect_timeout_s = connect_timeout_s
+        self._router = Router()
+        self._queue: asyncio.Queue[Input] = asyncio.Queue()
+        self._models: dict[int, RealtimeSocket] = {}
+        self._model_tasks: dict[int, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._end: EndCall | None = None
-        self._agent_recorded = False
         self._log_payloads = log_payloads and log.isEnabledFor(logging.DEBUG)
 
     async def run(self) -> None:
         """Run the call to its end. Never raises for a peer's misbehaviour; re-raises cancellation."""
         reader = asyncio.create_task(self._read_twilio(), name="twilio-reader")
         try:
-            await self._execute(self.call.begin(self._clock()))
+            await self._handle(StreamAccepted())
             while self._end is None:
-                item = await self._next_input()
-                now = self._clock()
-                if item is None:
-                    self._record("timer", "event", event="timeout")
-                    await self._execute(self.call.receive_timeout(now))
-                else:
-                    await self._dispatch(item, now)
+                await self._handle(await self._queue.get())
         finally:
             reader.cancel()
             await self._shutdown()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _next_input(self) -> _Input | None:
-        deadline = self.call.next_deadline()
-        if deadline is None:
-            return await self._queue.get()
-        timeout = max(0.0, deadline - self._clock())
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+    async def _handle(self, event: Input) -> None:
+        now = self._clock()
+        if self._recorder is not None:
+            self._recorder.input(now, event)
+        if self._log_payloads and isinstance(event, TwilioMessage | ModelMessage):
+            peer = "twilio" if isinstance(event, TwilioMessage) else f"realtime#{event.link}"
+            self._log_payload("<", peer, event.text)
+        await self._execute(self.call.handle(event, now), now)
+        self._arm_timer()
 
-    async def _dispatch(self, item: _Input, now: float) -> None:
-        call = self.call
-        match item.kind:
-            case "twilio":
-                self._record("twilio", "in", msg=item.data)
-                commands = call.receive_twilio(twilio.parse(item.data), now)
-                if call.agent is not None and not self._agent_recorded:
-                    self._agent_recorded = True
-                    call_id_var.set(call.call_sid)  # every later line of this call carries its CallSid
-                    if self._recorder is not None:
-                        self._recorder.agent(call.agent)
-            case "twilio_closed":
-                self._record("twilio", "event", event="closed")
-                commands = call.twilio_closed(now)
-            case _ if item.generation != self._realtime_generation:
-                return  # from a model socket we already replaced
-            case "realtime":
-                self._record("realtime", "in", msg=item.data)
-                commands = call.receive_realtime(realtime.parse(item.data), now)
-            case "realtime_open":
-                self._record("realtime", "event", event="open")
-                commands = call.realtime_opened(now)
-            case _:
-                detail = str(item.data)
-                self._record("realtime", "event", event="closed", detail=detail)
-                self._realtime = None
-                commands = call.realtime_closed(now, detail)
-        await self._execute(commands)
-
-    async def _execute(self, commands: list[Command]) -> None:
+    async def _execute(self, commands: list[Command], now: float) -> None:
         for command in commands:
-            match command:
-                case twilio.SendMedia() | twilio.SendMark() | twilio.SendClear():
-                    text = twilio.serialize(command)
-                    self._record("twilio", "out", msg=text)
-                    try:
-                        await self._twilio.send(text)
-                    except SocketClosed:
-                        await self._queue.put(_Input("twilio_closed"))
-                case ConnectRealtime(model=model):
-                    self._connect_realtime(model)
-                case EndCall():
-                    self._end = command
-                    return
-                case _:
-                    await self._send_realtime(command)
+            if self._end is not None:
+                return
+            match self._router.route(command):
+                case Outgoing() as out:
+                    await self._send(out, now)
+                case OpenModel(link=link, model=model, delay_s=delay_s):
+                    task = asyncio.create_task(self._run_model(link, model, delay_s), name=f"model-{link}")
+                    self._model_tasks[link] = task
+                case CloseModel(link=link):
+                    if link in self._model_tasks:
+                        self._model_tasks.pop(link).cancel()
+                case Authorize(start=start):
+                    verdict = self._authorize(start)
+                    if isinstance(verdict, StartAuthorized):
+                        call_id_var.set(start.call_sid)  # every later line of this call carries it
+                    await self._handle(verdict)
+                case EndCall() as end:
+                    self._end = end
 
-    async def _send_realtime(self, command: realtime.Command) -> None:
-        text = realtime.serialize(command, f"evt_{next(self._event_ids)}")
-        self._record("realtime", "out", msg=text)
-        if self._realtime is None:
-            log.warning("model socket not open: %s dropped", type(command).__name__)
+    async def _send(self, out: Outgoing, now: float) -> None:
+        if self._recorder is not None:
+            self._recorder.output(now, out)
+        if self._log_payloads:
+            self._log_payload(">", out.peer if out.peer == "twilio" else f"realtime#{out.link}", out.text)
+        if out.peer == "twilio":
+            try:
+                await self._twilio.send(out.text)
+            except SocketClosed:
+                self._queue.put_nowait(TwilioClosed())
             return
-        try:
-            await self._realtime.send(text)
-        except ConnectionClosed as exc:
-            await self._queue.put(_Input("realtime_closed", _close_detail(exc), self._realtime_generation))
+        ws = self._models.get(out.link)
+        if ws is None:
+            log.warning("model socket %d not open: a message for it was dropped", out.link)
+            return
+        with contextlib.suppress(ConnectionClosed):  # its reader reports the close
+            await ws.send(out.text)
 
-    def _connect_realtime(self, model: str) -> None:
-        if self._realtime_task is not None:
-            self._realtime_task.cancel()
-        self._realtime = None
-        self._realtime_generation += 1
-        self._realtime_task = asyncio.create_task(
-            self._run_realtime(model, self._realtime_generation), name="realtime-reader"
-        )
+    def _arm_timer(self) -> None:
+        """One timer for the call's next deadline, re-armed only when the deadline changes."""
+        deadline = self.call.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire_timer)
 
-    async def _run_realtime(self, model: str, generation: int) -> None:
+    def _fire_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        self._queue.put_nowait(TimerFired())
+
+    async def _run_model(self, link: int, model: str, delay_s: float) -> None:
+        put = self._queue.put_nowait
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         try:
-            async with asyncio.timeout(REALTIME_CONNECT_TIMEOUT_S):
+            async with asyncio.timeout(self._connect_timeout_s):
                 ws = await self._open_realtime(model)
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            log.error("model socket could not be opened: %s", type(exc).__name__)
-            await self._queue.put(
-                _Input("realtime_closed", f"connect failed: {type(exc).__name__}", generation)
-            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            log.error("model socket %d refused: HTTP %d", link, status)
+            put(ModelClosed(link, None, f"HTTP {status}", status))
             return
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            log.error("model socket %d could not be opened: %s", link, type(exc).__name__)
+            put(ModelClosed(link, None, f"connect failed: {type(exc).__name__}"))
+            return
+        self._models[link] = ws
         try:
-            self._realtime = ws
-            await self._queue.put(_Input("realtime_open", "", generation))
+            put(ModelOpened(link, self._wall_clock()))
             while True:
-                await self._queue.put(_Input("realtime", await ws.recv(), generation))
+                message = await ws.recv()
+                text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+                put(ModelMessage(link, realtime.parse(message), text))
         except ConnectionClosed as exc:
-            await self._queue.put(_Input("realtime_closed", _close_detail(exc), generation))
+            frame = exc.rcvd
+            detail = f"code {frame.code}" if frame is not None else "no close frame"
+            put(ModelClosed(link, frame.code if frame is not None else None, detail))
         finally:
+            self._models.pop(link, None)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await ws.close()
@@ -222,37 +231,35 @@ class Bridge:
     async def _read_twilio(self) -> None:
         try:
             while True:
-                await self._queue.put(_Input("twilio", await self._twilio.receive()))
+                text = await self._twilio.receive()
+                shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
+                self._queue.put_nowait(TwilioMessage(twilio.parse(text), shown))
         except SocketClosed:
             pass
-        await self._queue.put(_Input("twilio_closed"))
+        self._queue.put_nowait(TwilioClosed())
 
     async def _shutdown(self) -> None:
+        """End the call's bookkeeping first (no await: Quart may cancel this task when Twilio goes),
+        then close the sockets."""
         now = self._clock()
+        if self._timer is not None:
+            self._timer.cancel()
         if not self.call.ended:
-            self.call.twilio_closed(now)
-        if self._realtime_task is not None:
-            self._realtime_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._realtime_task
-        code = self._end.twilio_close_code if self._end is not None else 1000
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self._twilio.close(code, "call ended")
+            self.call.handle(TwilioClosed(), now)
         summary = self.call.summary(now)
         log.info("call summary %s", summary, extra={"summary": summary})
         if self._recorder is not None:
             self._recorder.close(summary)
+        tasks = list(self._model_tasks.values())
+        for task in tasks:
+            task.cancel()
+        code = self._end.twilio_close_code if self._end is not None else 1000
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._twilio.close(code, "call ended")
+        if tasks:
+            await asyncio.wait(tasks)
 
-    def _record(self, peer: str, direction: str, *, msg: str | bytes = "", **fields: str) -> None:
-        if self._log_payloads and direction in ("in", "out"):
-            text = msg if isinstance(msg, str) else repr(msg)
-            shown = text if len(text) <= PAYLOAD_LOG_CHARS else text[:PAYLOAD_LOG_CHARS] + "..."
-            log.debug("%s %s %s", "<" if direction == "in" else ">", peer, shown)
-        if self._recorder is not None:
-            self._recorder.write(self._clock(), peer, direction, msg, fields)
-
-
-def _close_detail(exc: ConnectionClosed) -> str:
-    frame = exc.rcvd or exc.sent
-    return f"code {frame.code}" if frame is not None else "no close frame"
+    def _log_payload(self, arrow: str, peer: str, text: str) -> None:
+        shown = text if len(text) <= PAYLOAD_LOG_CHARS else text[:PAYLOAD_LOG_CHARS] + "..."
+        log.debug("%s %s %s", arrow, peer, shown)

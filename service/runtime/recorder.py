@@ -1,15 +1,18 @@
-"""Call recordings: one JSON line per message on either socket, written as the call runs.
+"""Call recordings: every input of a call and every message it sent, one JSON line each, as it runs.
 
 Opt-in with ``RECORD_CALLS_DIR``. It works on real calls, so a call against the real OpenAI can be
 captured once and replayed forever (:mod:`service.replay`). Every line has ``t`` (ms since the call's
-socket was accepted), ``peer`` (``twilio`` | ``realtime`` | ``timer``) and ``dir``:
+socket was accepted), ``peer`` (``twilio`` | ``realtime`` | ``service`` | ``timer``) and ``dir``:
 
 - ``in`` / ``out``: a message received from / sent to that peer, verbatim in ``msg``;
-- ``event``: a lifecycle fact the call logic saw (``open``, ``closed`` with ``detail``, ``timeout``).
+- ``event``: any other input of the call (:mod:`service.core.inputs`): ``accepted``, ``closed``,
+  ``open``, ``authorized`` (with the ``agent``), ``rejected``, ``timeout``.
 
-The first line is a header (``{"recording": 1, ...}``), a line ``{"agent": {...}}`` records the agent the
-call ran with (so a recording replays without the agents file), and the last line is the call summary.
-Recordings hold audio and transcripts: treat them as the caller's personal data.
+Model lines carry ``link``, the number of the model socket (a call may open several). The first line is
+a header (``{"recording": 2, ...}``) and the last one the call summary. :func:`read_input` turns a line
+back into the input it recorded; version 1 files (no ``link``, the agent on a line of its own, no
+``accepted`` / ``authorized`` lines) are read too. Recordings hold audio and transcripts: treat them
+as the caller's personal data.
 """
 
 from __future__ import annotations
@@ -19,11 +22,99 @@ import datetime
 import json
 import secrets
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, assert_never
 
-from service.agents import Agent
+from service.core.agent import Agent, TurnDetection
+from service.core.inputs import (
+    Input,
+    ModelClosed,
+    ModelMessage,
+    ModelOpened,
+    StartAuthorized,
+    StartRejected,
+    StreamAccepted,
+    TimerFired,
+    TwilioClosed,
+    TwilioMessage,
+)
+from service.runtime.routing import Outgoing
+from service.wire import realtime, twilio
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+Line = dict[str, Any]
+
+
+def input_line(event: Input) -> Line:
+    """The recording line of an input (without ``t``)."""
+    match event:
+        case TwilioMessage(text=text):
+            return {"peer": "twilio", "dir": "in", "msg": text}
+        case ModelMessage(link=link, text=text):
+            return {"peer": "realtime", "dir": "in", "msg": text, "link": link}
+        case TimerFired():
+            return {"peer": "timer", "dir": "event", "event": "timeout"}
+        case StreamAccepted():
+            return {"peer": "twilio", "dir": "event", "event": "accepted"}
+        case TwilioClosed():
+            return {"peer": "twilio", "dir": "event", "event": "closed"}
+        case StartAuthorized(agent=agent):
+            agent_fields = dataclasses.asdict(agent)
+            return {"peer": "service", "dir": "event", "event": "authorized", "agent": agent_fields}
+        case StartRejected(reason=reason):
+            return {"peer": "service", "dir": "event", "event": "rejected", "detail": reason}
+        case ModelOpened(link=link, wall_s=wall_s):
+            return {"peer": "realtime", "dir": "event", "event": "open", "link": link, "wall": wall_s}
+        case ModelClosed(link=link, code=code, detail=detail, http_status=status):
+            line: Line = {"peer": "realtime", "dir": "event", "event": "closed", "link": link}
+            line["detail"] = detail
+            if code is not None:
+                line["code"] = code
+            if status is not None:
+                line["status"] = status
+            return line
+        case _:
+            assert_never(event)
+
+
+def read_input(line: Line) -> Input | None:
+    """The input a recording line holds, or None (a message we sent, or a line of another kind)."""
+    peer, direction, kind = line.get("peer"), line.get("dir"), line.get("event")
+    link = int(line.get("link", 1))
+    match (peer, direction, kind):
+        case ("twilio", "in", _):
+            text = str(line["msg"])
+            return TwilioMessage(twilio.parse(text), text)
+        case ("realtime", "in", _):
+            text = str(line["msg"])
+            return ModelMessage(link, realtime.parse(text), text)
+        case ("timer", "event", "timeout"):
+            return TimerFired()
+        case ("twilio", "event", "accepted"):
+            return StreamAccepted()
+        case ("twilio", "event", "closed"):
+            return TwilioClosed()
+        case ("service", "event", "authorized"):
+            return StartAuthorized(agent_from_dict(line["agent"]))
+        case ("service", "event", "rejected"):
+            return StartRejected(str(line.get("detail", "")))
+        case ("realtime", "event", "open"):
+            return ModelOpened(link, float(line.get("wall", 0.0)))
+        case ("realtime", "event", "closed"):
+            code, status = line.get("code"), line.get("status")
+            return ModelClosed(
+                link,
+                int(code) if code is not None else None,
+                str(line.get("detail", "")),
+                int(status) if status is not None else None,
+            )
+        case _:
+            return None
+
+
+def agent_from_dict(data: dict[str, Any]) -> Agent:
+    fields = dict(data)
+    fields["turn_detection"] = TurnDetection(**fields.get("turn_detection", {}))
+    return Agent(**fields)
 
 
 class Recorder:
@@ -48,15 +139,14 @@ class Recorder:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
         return cls(folder / f"call-{stamp}-{secrets.token_hex(3)}.jsonl", started_at, default_model)
 
-    def write(self, now: float, peer: str, direction: str, msg: str | bytes, fields: dict[str, str]) -> None:
-        line: dict[str, Any] = {"t": round((now - self._t0) * 1000, 3), "peer": peer, "dir": direction}
-        if direction in ("in", "out"):
-            line["msg"] = msg if isinstance(msg, str) else msg.decode("utf-8", "replace")
-        line.update(fields)
-        self._line(line)
+    def input(self, now: float, event: Input) -> None:
+        self._line({"t": self._ms(now), **input_line(event)})
 
-    def agent(self, agent: Agent) -> None:
-        self._line({"agent": dataclasses.asdict(agent)})
+    def output(self, now: float, out: Outgoing) -> None:
+        line: Line = {"t": self._ms(now), "peer": out.peer, "dir": "out", "msg": out.text}
+        if out.peer == "realtime":
+            line["link"] = out.link
+        self._line(line)
 
     def close(self, summary: dict[str, Any]) -> None:
         if self._file is None:
@@ -64,6 +154,9 @@ class Recorder:
         self._line({"summary": summary})
         self._file.close()
         self._file = None
+
+    def _ms(self, now: float) -> float:
+        return round((now - self._t0) * 1000, 3)
 
     def _line(self, obj: dict[str, Any]) -> None:
         if self._file is not None:

@@ -9,9 +9,27 @@ clock (``input_ms``) and goes through :class:`~service.sim.vad.ServerVad`, whose
 starts during a response cancels it (``interrupt_response``). Responses stream in their own task
 (:mod:`service.sim.realtime_response`).
 
+With ``audio.input.transcription`` set, each committed user audio item is followed by
+``conversation.item.input_audio_transcription.delta`` events (one per word; one with the whole text
+for ``whisper-1``, inferred) and then ``...completed``; the text comes from the script.
+
+How a socket ends, besides the client closing it:
+
+- :meth:`SimConnection.drop`: a close frame with a code and reason, or (``abort``) a TCP reset with
+  no close frame. The simulator's :class:`~service.sim.realtime_server.Fault` uses it (after N ms,
+  or at the first audio delta of the k-th response); a test may call it at any time.
+- The session limit (``RealtimeSimulator.session_limit_s``, 60 minutes in GA): close 1001 with the
+  captured reason :data:`~service.sim.realtime_session.SESSION_LIMIT_REASON`, no warning before; a
+  response in progress is cut by the close.
+- :meth:`SimConnection.send_error` sends an ``error`` event; a fatal code (:data:`FATAL_CLOSE_CODES`)
+  is followed by a close, as the handshake checks are.
+
 Everything exchanged is kept for tests: ``client_events``, ``server_events``, ``truncations``,
-``responses``, ``generated_ms`` (ms of audio generated per assistant item) and ``anomalies``
-(things the real server may tolerate but that show a client bug, e.g. an odd-length PCM16 append).
+``responses``, ``generated_ms`` (ms of audio generated per assistant item), ``anomalies``
+(things the real server may tolerate but that show a client bug, e.g. an odd-length PCM16 append),
+``index`` (0-based among accepted sockets), ``accepted_at`` / ``closed_at`` (epoch seconds),
+``close_code`` / ``close_reason`` (the client's echo of the close; 1006 when there was none),
+``aborted`` and ``ended_by``.
 """
 
 from __future__ import annotations
@@ -19,8 +37,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal, assert_never
@@ -31,7 +52,14 @@ from websockets.exceptions import ConnectionClosed
 from service.sim.realtime_conversation import Conversation, Truncation, split_words, transcription_usage
 from service.sim.realtime_response import ActiveResponse, ResponseRecord
 from service.sim.realtime_schema import Json, Problem, parse_event, validate_event
-from service.sim.realtime_session import bytes_per_ms, decode_input, default_session, merge_session, rate_hz
+from service.sim.realtime_session import (
+    SESSION_LIMIT_REASON,
+    bytes_per_ms,
+    decode_input,
+    default_session,
+    merge_session,
+    rate_hz,
+)
 from service.sim.vad import ServerVad, SpeechStarted, SpeechStopped, VadParams
 
 if TYPE_CHECKING:
@@ -43,15 +71,39 @@ MIN_COMMIT_MS = 100
 MAX_APPEND_BYTES = 15 * 2**20
 
 Handler = Callable[[Json], Awaitable[Problem | None]]
+EndedBy = Literal["fault", "session_limit", "fatal_error", "drop"]
+
+#: Error codes after which the server closes the socket, and the close code: 3000 for
+#: authentication, 4000 for the model and the retired beta interface, as the handshake checks do
+#: (captured); ``insufficient_quota`` is an account check like the key, so 3000 (inferred).
+FATAL_CLOSE_CODES: dict[str, int] = {
+    "invalid_api_key": 3000,
+    "insufficient_quota": 3000,
+    "invalid_model": 4000,
+    "missing_model": 4000,
+    "beta_api_shape_disabled": 4000,
+}
+
+
+def reset_transport(transport: asyncio.Transport) -> None:
+    """Drop a TCP connection with a reset (RST, SO_LINGER 0) and no WebSocket close frame."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class SimConnection:
     """One client socket: the session state, and everything exchanged on it."""
 
-    def __init__(self, sim: RealtimeSimulator, ws: ServerConnection, model: str) -> None:
+    def __init__(self, sim: RealtimeSimulator, ws: ServerConnection, model: str, index: int = 0) -> None:
         self.sim = sim
         self._ws = ws
         self.model = model
+        self.index = index  # 0-based among the sockets the simulator accepted
+        self.accepted_at = time.time()  # epoch seconds; ``expires_at`` and the session limit count from it
+        self.closed_at: float | None = None
         request = ws.request
         self.request_path = request.path if request is not None else ""
         self.request_headers: dict[str, str] = dict(request.headers.raw_items()) if request else {}
@@ -64,6 +116,8 @@ class SimConnection:
         self.session: Json = {}
         self.close_code: int | None = None
         self.close_reason = ""
+        self.aborted = False  # dropped with a TCP reset, no close frame
+        self.ended_by: EndedBy | None = None  # None: still open, or the client closed it
         self.closed = asyncio.Event()
         self.input_ms = 0.0  # the model's input clock: ms of audio appended
         self.conversation = Conversation(sim.new_id("conv_"))
@@ -71,7 +125,7 @@ class SimConnection:
         self._buffer_start_ms = 0.0  # where the uncommitted input audio buffer starts
         self._vad = ServerVad()
         self._speech_item: str | None = None  # the item id announced by speech_started
-        self._timer: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
 
     @property
@@ -85,21 +139,24 @@ class SimConnection:
     async def run(self, problem: Problem | None, close_code: int) -> None:
         try:
             if problem is not None:
+                self.ended_by = "fatal_error"
                 await self._error(problem, None)
                 reason = f"{problem.type}.{problem.code}" if problem.code else problem.type
                 await self._ws.close(close_code, reason)
                 return
-            self.session = default_session(self.sim.new_id("sess_"), self.model, time.time())
+            limit_s = self.sim.session_limit_s
+            self.session = default_session(self.sim.new_id("sess_"), self.model, self.accepted_at, limit_s)
             await self._send({"type": "session.created", "session": json.loads(json.dumps(self.session))})
+            self._timers.append(asyncio.create_task(self._session_limit(self.accepted_at + limit_s)))
             fault = self.sim.fault
-            if fault.close_after_ms is not None:
-                self._timer = asyncio.create_task(self._close_later(fault.close_after_ms / 1000))
+            if fault.close_after_ms is not None and fault.applies_to(self.index):
+                self._timers.append(asyncio.create_task(self._close_later(fault.close_after_ms / 1000)))
             async for message in self._ws:
                 await self._receive(message)
         except ConnectionClosed:
             pass
         finally:
-            pending = [t for t in (self._timer, self._active.task if self._active else None) if t]
+            pending = [*self._timers, *([self._active.task] if self._active and self._active.task else [])]
             for task in pending:
                 task.cancel()
             if pending:
@@ -108,18 +165,66 @@ class SimConnection:
                 await asyncio.wait({self._closing})
             self.close_code = self._ws.close_code
             self.close_reason = self._ws.close_reason or ""
+            self.closed_at = time.time()
             self.closed.set()
 
     async def _close_later(self, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
         self.fault_close()
 
+    async def _session_limit(self, deadline_s: float) -> None:
+        await asyncio.sleep(max(deadline_s - time.time(), 0.0))
+        logger.debug("= session limit reached on connection %s", self.index)
+        self.drop(1001, SESSION_LIMIT_REASON, ended_by="session_limit")
+
+    @property
+    def closing(self) -> bool:
+        """True once the server has started to end the socket (:meth:`drop`), or it has closed."""
+        return self._closing is not None or self.aborted or self.closed.is_set()
+
     def fault_close(self) -> None:
-        """Close the socket as the simulator's :class:`Fault` says (once)."""
-        if self._closing is None:
-            fault = self.sim.fault
-            logger.debug("= fault: closing with %s", fault.close_code)
-            self._closing = asyncio.create_task(self._ws.close(fault.close_code, fault.close_reason))
+        """End the socket as the simulator's :class:`Fault` says (once), whichever socket this is."""
+        fault = self.sim.fault
+        self.drop(fault.close_code, fault.close_reason, abort=fault.abort, ended_by="fault")
+
+    def drop(
+        self,
+        code: int = 1011,
+        reason: str = "simulated server failure",
+        abort: bool = False,
+        *,
+        ended_by: EndedBy = "drop",
+    ) -> None:
+        """End the socket now: a close frame with ``code`` and ``reason`` (the close handshake runs in
+        the background), or with ``abort`` a TCP reset and no close frame (the client sees close
+        code 1006). Only the first call has an effect. Usable at any time, e.g. from a test while
+        the caller is speaking; await :attr:`closed` to know the socket is gone."""
+        if self.closing:
+            return
+        self.ended_by = ended_by
+        if abort:
+            logger.debug("= connection %s: TCP reset (%s)", self.index, ended_by)
+            self.aborted = True
+            reset_transport(self._ws.transport)
+            return
+        logger.debug("= connection %s: closing with %s (%s)", self.index, code, ended_by)
+        self._closing = asyncio.create_task(self._ws.close(code, reason))
+
+    async def send_error(
+        self, code: str | None, message: str, type: str = "server_error", *, param: str | None = None
+    ) -> None:
+        """Send an ``error`` event now, in the GA shape (``error.event_id`` null). A fatal ``code``
+        (:data:`FATAL_CLOSE_CODES`) is then followed by a close with reason ``<type>.<code>``, as
+        the handshake checks do. Raises ``ConnectionClosed`` if the socket is gone."""
+        await self._error(Problem(code, message, param, type), None)
+        close_code = FATAL_CLOSE_CODES.get(code or "")
+        if close_code is not None:
+            self.drop(close_code, f"{type}.{code}", ended_by="fatal_error")
+
+    async def fault_error(self) -> None:
+        """Send the error event the simulator's :class:`Fault` describes."""
+        fault = self.sim.fault
+        await self.send_error(fault.error_code, fault.error_message, fault.error_type)
 
     async def _send(self, payload: Json) -> None:
         event = {"type": payload["type"], "event_id": self.sim.new_id("event_")}
@@ -271,8 +376,13 @@ class SimConnection:
         await self._send(
             {"type": "conversation.item.done", "previous_item_id": previous, "item": item.as_json()}
         )
-        if self._input()["transcription"] is not None:
+        transcription: Json | None = self._input()["transcription"]
+        if transcription is not None:
             item.transcript = self.sim.script.transcript_for(self.conversation.user_turns)
+            whole = transcription.get("model") == "whisper-1"  # inferred: whisper-1 is not streamed
+            for delta in [item.transcript] if whole else split_words(item.transcript):
+                await self._send({"type": "conversation.item.input_audio_transcription.delta",
+                                  "item_id": item_id, "content_index": 0, "delta": delta})  # fmt: skip
             await self._send({
                 "type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
                 "content_index": 0, "transcript": item.transcript, "usage": transcription_usage(item),

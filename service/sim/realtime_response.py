@@ -10,6 +10,12 @@ connection), ``response.output_item.added``, ``conversation.item.added``,
 ``conversation.item.done``, ``response.output_item.done``, ``response.done`` and then
 ``rate_limits.updated``. A response cancelled before its first delta never adds its item.
 
+The simulator's :class:`~service.sim.realtime_server.Fault` may act at the first audio delta of the
+k-th response of a socket: an ``error`` event (``error_on_response``; the response goes on unless
+the code is fatal) and/or the end of the socket (``close_on_response``). When the socket is closed
+under it (a fault, the session limit, a test's ``drop``) the response simply stops: no
+``response.done``.
+
 Every event goes out through the connection's ``SimConnection._send``, which records it.
 """
 
@@ -142,9 +148,14 @@ class ActiveResponse:
                     await self._send(
                         {"type": "response.output_audio_transcript.delta", **ids, "delta": delta}
                     )
-                if first and sim.fault.close_on_response == len(conn.responses):
-                    conn.fault_close()
-                    return
+                if first and sim.fault.applies_to(conn.index):
+                    k = len(conn.responses)
+                    if sim.fault.error_on_response == k:
+                        await conn.fault_error()
+                    if sim.fault.close_on_response == k:
+                        conn.fault_close()
+                    if conn.closing:
+                        return
                 pause_s = len(chunk) / self._bytes_per_ms / 1000 / sim.speed if sim.speed > 0 else 0
                 await self._pause(pause_s)
             await self._finish(ids)

@@ -66,8 +66,12 @@ def _invalid_type(path: str, expected: str, value: Any) -> Problem:
 
 
 def _quoted_list(values: tuple[str, ...]) -> str:
+    """``'a'``, ``'a' and 'b'``, ``'a', 'b', and 'c'`` (the GA wording for two values: 'near_field' and
+    'far_field', as reported against the live API)."""
     quoted = [f"'{v}'" for v in values]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
 
 
 def _invalid_value(path: str, value: Any, allowed: tuple[str, ...]) -> Problem:
@@ -242,11 +246,32 @@ _RESPONSE = _obj({
     "tool_choice": _any, "prompt": _any, "reasoning": _any, "parallel_tool_calls": _bool,
     "audio": _obj({"output": _obj({"format": _FORMAT, "voice": _voice})}),
 })  # fmt: skip
+_TEXT_PART = _obj({"type": _any, "text": _str})
+_AUDIO_PART = _obj({"type": _any, "audio": _str, "transcript": _nullable(_str)})
+#: The content parts each role may carry (GA: the assistant's are ``output_*``; wording inferred).
+_CONTENT_BY_ROLE: dict[str, Validator] = {
+    "user": _by_type({
+        "input_text": _TEXT_PART, "input_audio": _AUDIO_PART,
+        "input_image": _obj({"type": _any, "image_url": _str, "detail": _enum("auto", "low", "high")}),
+    }),
+    "assistant": _by_type({"output_text": _TEXT_PART, "output_audio": _AUDIO_PART}),
+    "system": _by_type({"input_text": _TEXT_PART}),
+}  # fmt: skip
+_MESSAGE_FIELDS = _obj({
+    "type": _any, "id": _str, "object": _str, "status": _str,
+    "role": _enum("user", "assistant", "system"), "content": _list(_any),
+}, ("role", "content"))  # fmt: skip
+
+
+def _message(value: Any, path: str) -> Problem | None:
+    """A message item: its fields, then each content part against the parts its role may carry."""
+    if problem := _MESSAGE_FIELDS(value, path):
+        return problem
+    return _list(_CONTENT_BY_ROLE[value["role"]])(value["content"], _join(path, "content"))
+
+
 _ITEM = _by_type({
-    "message": _obj({
-        "type": _any, "id": _str, "object": _str, "status": _str,
-        "role": _enum("user", "assistant", "system"), "content": _list(_any),
-    }, ("role", "content")),
+    "message": _message,
     "function_call": _obj({
         "type": _any, "id": _str, "object": _str, "status": _str, "call_id": _str, "name": _str,
         "arguments": _str,

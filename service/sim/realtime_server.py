@@ -22,12 +22,31 @@ capture of the GA server (September 2026), whose findings are repeated where the
   plays and the caller's input transcription. Audio is streamed in chunks of random duration
   (``chunk_ms``) with transcript deltas, ``speed`` times faster than real time, in the GA event
   order. Output modality ``text`` is accepted but the simulator always speaks.
-- Not simulated: function calling, MCP, ``conversation.item.retrieve`` audio bytes, the 60 minute
-  session cap. A few error messages are inferred rather than captured; they are marked as such.
+- Input transcription (``audio.input.transcription``): ``...input_audio_transcription.delta``
+  events then ``...completed`` after each committed user audio item, the text from the script.
+- Context replay: ``conversation.item.create`` of user (``input_text``) and assistant
+  (``output_text``) messages; content parts are checked against the role. User messages count as
+  user turns for the script.
+- The 60 minute session cap is simulated: ``session.created.session.expires_at`` is
+  ``floor(accept time + session_limit_s)`` (3600 s in GA); at the limit the socket is closed with
+  1001 and the captured reason "Your session hit the maximum duration of 60 minutes." (whatever
+  the configured limit), with no warning event; a response in progress is cut by the close. A
+  short ``session_limit_s`` tests a rollover in seconds.
+- Not simulated: function calling, MCP, ``conversation.item.retrieve`` audio bytes,
+  ``...input_audio_transcription.segment`` / ``.failed``, the ``session_expired`` error of the
+  older (pre-GA) caps. A few error messages are inferred rather than captured; they are marked as
+  such.
+
+Faults (:class:`Fault`, for reconnect tests), each limited to some accepted sockets if wished:
+a close with a code and reason or a TCP reset with no close frame, after N ms or at the first audio
+delta of the k-th response; an ``error`` event at that point (a fatal code is followed by a close);
+and the refusal of the first N connection attempts (HTTP 503, or a TCP reset during the handshake).
+Tests can also act at any moment through :meth:`SimConnection.drop` and
+:meth:`SimConnection.send_error`.
 
 The simulator is split by concern:
 
-- this module: the server (handshake, authentication, faults) and the command line;
+- this module: the server (handshake, authentication, refusals, faults) and the command line;
 - :mod:`service.sim.realtime_connection`: one socket (:class:`SimConnection`), its event dispatch;
 - :mod:`service.sim.realtime_schema`: client event validation and the GA error wording;
 - :mod:`service.sim.realtime_session`: the session object (defaults, updates) and audio formats;
@@ -38,7 +57,9 @@ The simulator is split by concern:
 Observability: :attr:`RealtimeSimulator.connections` lists one :class:`SimConnection` per socket
 with the client events received, the server events sent, the truncations performed, the responses,
 the generated ms per item and ``anomalies`` (things the real server may tolerate but that show a
-client bug, e.g. an odd-length PCM16 append). :class:`Fault` injects socket closes.
+client bug, e.g. an odd-length PCM16 append), and when and how each socket was accepted and
+ended (``accepted_at``, ``closed_at``, ``close_code``, ``aborted``, ``ended_by``).
+:attr:`RealtimeSimulator.attempts` and :attr:`RealtimeSimulator.refused` count the handshakes.
 
 Run standalone: ``python -m service.sim.realtime_server --port 8765``.
 """
@@ -52,15 +73,17 @@ import json
 import logging
 import random
 import string
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from service.sim.realtime_connection import MIN_COMMIT_MS, SimConnection
+from service.sim.realtime_connection import FATAL_CLOSE_CODES, MIN_COMMIT_MS, SimConnection, reset_transport
 from service.sim.realtime_conversation import (
     AUDIO_TOKENS_IN_PER_S,
     AUDIO_TOKENS_OUT_PER_S,
@@ -74,6 +97,7 @@ from service.sim.realtime_session import (
     G711_BYTES_PER_MS,
     PCM_BYTES_PER_MS,
     SESSION_LIFETIME_S,
+    SESSION_LIMIT_REASON,
     default_session,
     default_turn_detection,
     encode_output,
@@ -87,6 +111,7 @@ __all__ = [
     "AUDIO_TOKENS_IN_PER_S",
     "AUDIO_TOKENS_OUT_PER_S",
     "DEFAULT_INSTRUCTIONS",
+    "FATAL_CLOSE_CODES",
     "G711_BYTES_PER_MS",
     "KNOWN_MODELS",
     "MIN_COMMIT_MS",
@@ -96,6 +121,7 @@ __all__ = [
     "RATE_LIMIT_TOKENS",
     "SEMANTIC_SILENCE_MS",
     "SESSION_LIFETIME_S",
+    "SESSION_LIMIT_REASON",
     "SUPPORTED_TYPES",
     "VAD_FLOOR_DBFS",
     "VAD_MIN_SPEECH_MS",
@@ -128,13 +154,38 @@ KNOWN_MODELS = frozenset({
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """Fault injection. ``close_after_ms``: close every socket that long after it connected.
-    ``close_on_response``: close right after the first audio delta of the k-th response (1-based)."""
+    """Fault injection.
+
+    How a socket ends: with a close frame ``close_code`` / ``close_reason``, or (``abort``) with a
+    TCP reset and no close frame. When: ``close_after_ms`` after the socket was accepted, and/or
+    right after the first audio delta of the ``close_on_response``-th response of the socket
+    (1-based). ``error_on_response``: at that same point of the k-th response, send an ``error``
+    event (``error_code``, ``error_message``, ``error_type``; the response goes on, but a fatal code
+    such as ``invalid_api_key`` is followed by a close as in the handshake checks). The default
+    message is the API's generic server error text (inferred for the Realtime API).
+    ``connections``: the 0-based indexes of the accepted sockets these faults apply to (None: all).
+
+    ``refuse_connects``: refuse the first N connection attempts (they are not accepted sockets and
+    take no index), with ``refuse_with`` ``"http_503"`` (a websockets client raises
+    ``InvalidStatus``) or ``"tcp_reset"`` (a reset before any HTTP response).
+    """
 
     close_after_ms: int | None = None
     close_on_response: int | None = None
     close_code: int = 1011
     close_reason: str = "simulated server failure"
+    abort: bool = False
+    connections: frozenset[int] | None = None
+    error_on_response: int | None = None
+    error_code: str | None = "server_error"
+    error_message: str = "The server had an error while processing your request. Sorry about that!"
+    error_type: str = "server_error"
+    refuse_connects: int = 0
+    refuse_with: Literal["http_503", "tcp_reset"] = "http_503"
+
+    def applies_to(self, index: int) -> bool:
+        """Whether the socket faults apply to the ``index``-th accepted socket."""
+        return self.connections is None or index in self.connections
 
 
 def _mask(key: str) -> str:
@@ -148,7 +199,11 @@ class RealtimeSimulator:
     ``speed``: how much faster than real time audio is streamed (<= 0: no pause at all).
     ``chunk_ms``: the range of audio delta durations. ``first_delta_delay_ms``: wall time between
     ``response.created`` and the first output item. ``models``: accepted ``?model=`` values (None:
-    any). ``seed``: makes ids and chunk sizes reproducible.
+    any). ``seed``: makes ids and chunk sizes reproducible. ``session_limit_s``: the session's
+    lifetime (GA: 3600 s), after which the server closes the socket with 1001.
+
+    ``attempts`` holds the wall time (epoch seconds) of every handshake request, refused or not;
+    ``refused`` counts those refused by ``fault.refuse_connects``.
     """
 
     def __init__(
@@ -163,6 +218,7 @@ class RealtimeSimulator:
         fault: Fault | None = None,
         reject_in_handshake: bool = False,
         seed: int | None = None,
+        session_limit_s: float = float(SESSION_LIFETIME_S),
     ) -> None:
         self.script = script if script is not None else ReplyScript.default()
         self.api_key = api_key
@@ -172,8 +228,11 @@ class RealtimeSimulator:
         self.models = models
         self.fault = fault if fault is not None else Fault()
         self.reject_in_handshake = reject_in_handshake
+        self.session_limit_s = session_limit_s
         self.rng = random.Random(seed)
         self.connections: list[SimConnection] = []
+        self.attempts: list[float] = []
+        self.refused = 0
         self._server: Server | None = None
         self._port = 0
         self._host = "127.0.0.1"
@@ -252,6 +311,15 @@ class RealtimeSimulator:
         return None, 1000
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.attempts.append(time.time())
+        if self.refused < self.fault.refuse_connects:
+            self.refused += 1
+            logger.debug("= refusing connection attempt %s (%s)", len(self.attempts), self.fault.refuse_with)
+            if self.fault.refuse_with == "tcp_reset":
+                reset_transport(connection.transport)  # the response below is never sent
+            body = {"error": {"type": "server_error", "code": None, "param": None,  # inferred body
+                              "message": "The server is overloaded. Please try again later."}}  # fmt: skip
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, json.dumps(body) + "\n")
         if urlsplit(request.path).path not in PATHS:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         if self.reject_in_handshake:
@@ -266,7 +334,7 @@ class RealtimeSimulator:
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         model = parse_qs(urlsplit(ws.request.path).query).get("model", [""])[0]
-        conn = SimConnection(self, ws, model)
+        conn = SimConnection(self, ws, model, index=len(self.connections))
         self.connections.append(conn)
         async with self._changed:
             self._changed.notify_all()
@@ -275,7 +343,9 @@ class RealtimeSimulator:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    sim = RealtimeSimulator(api_key=args.api_key, speed=args.speed, seed=args.seed)
+    sim = RealtimeSimulator(
+        api_key=args.api_key, speed=args.speed, seed=args.seed, session_limit_s=args.session_limit_s
+    )
     await sim.start(args.host, args.port)
     logger.info("Realtime simulator listening on %s?model=gpt-realtime", sim.url)
     try:
@@ -291,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default="sk-sim-test-key", help="the key clients must present")
     parser.add_argument("--speed", type=float, default=5.0, help="times faster than real time")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--session-limit-s", type=float, default=float(SESSION_LIFETIME_S),
+                        help="close each session (1001) after this many seconds")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):

@@ -7,6 +7,8 @@ A format is the session's ``{"type": "audio/pcm", "rate": 24000}`` (PCM16 little
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -16,7 +18,9 @@ from service.sim.script import Clip, alaw_decode, alaw_encode, ulaw_decode, ulaw
 G711_RATE_HZ = 8_000
 PCM_BYTES_PER_MS = 48
 G711_BYTES_PER_MS = 8
-SESSION_LIFETIME_S = 3600
+SESSION_LIFETIME_S = 3600  # the GA maximum: 60 minutes
+#: The reason of the close (code 1001) at the session limit, as captured; the same whatever the limit.
+SESSION_LIMIT_REASON = "Your session hit the maximum duration of 60 minutes."
 DEFAULT_INSTRUCTIONS = (
     "Your knowledge cutoff is 2023-10. You are a helpful, witty, and friendly AI. "
     "Your voice and personality should be warm and engaging."
@@ -37,15 +41,18 @@ def default_turn_detection(kind: str = "server_vad") -> Json:
     }  # fmt: skip
 
 
-def default_session(session_id: str, model: str, now_s: float) -> Json:
-    """The session object of ``session.created`` (GA defaults, as captured)."""
+def default_session(
+    session_id: str, model: str, now_s: float, lifetime_s: float = SESSION_LIFETIME_S
+) -> Json:
+    """The session object of ``session.created`` (GA defaults, as captured). ``expires_at`` is the
+    deadline in epoch seconds: ``floor(now_s + lifetime_s)``."""
     pcm = {"type": "audio/pcm", "rate": MODEL_RATE_HZ}
     turn_detection = default_turn_detection() | {"silence_duration_ms": 200}
     return {
         "type": "realtime", "object": "realtime.session", "id": session_id, "model": model,
         "output_modalities": ["audio"], "instructions": DEFAULT_INSTRUCTIONS, "tools": [],
         "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None, "truncation": "auto",
-        "prompt": None, "expires_at": int(now_s) + SESSION_LIFETIME_S, "include": None,
+        "prompt": None, "expires_at": math.floor(now_s + lifetime_s), "include": None,
         "audio": {
             "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
                       "turn_detection": turn_detection},

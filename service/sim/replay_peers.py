@@ -34,6 +34,7 @@ from service.replay import Recording, ReplayResult, compare
 
 FRAME_MS = 20
 STEP_TIMEOUT_S = 5.0
+SESSION_LIFETIME_S = 3600
 
 
 class ReplayRealtimeServer:
@@ -86,6 +87,22 @@ def _post_webhook(
     return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
 
 
+def _shift_expiry(message: str, shift_s: float | None) -> str:
+    """``session.created`` with ``expires_at`` moved by ``shift_s``: the session's limit falls as long
+    after the replayed socket opened as it did after the recorded one (an hour from now when the
+    recording does not say when its socket opened)."""
+    if '"session.created"' not in message:
+        return message
+    event = json.loads(message)
+    session = event.get("session", {})
+    if isinstance(session.get("expires_at"), int):
+        if shift_s is None:
+            session["expires_at"] = int(time.time()) + SESSION_LIFETIME_S
+        else:
+            session["expires_at"] += round(shift_s)
+    return json.dumps(event)
+
+
 async def _recv(ws: ClientConnection | ServerConnection) -> str:
     message = await asyncio.wait_for(ws.recv(), STEP_TIMEOUT_S)
     return message if isinstance(message, str) else message.decode("utf-8", "replace")
@@ -120,7 +137,8 @@ async def replay_over_sockets(
         public_base_url.replace("https://", "wss://") + "/twilio/media", {}
     )
     sent: list[tuple[str, str]] = []
-    model: ServerConnection | None = None
+    models: dict[int, ServerConnection] = {}
+    wall_shift_s: dict[int, float | None] = {}
     t0 = time.monotonic()
     async with connect(ws_url, additional_headers={"X-Twilio-Signature": signature}) as caller:
         for entry in recording.entries:
@@ -135,13 +153,21 @@ async def replay_over_sockets(
                     case ("twilio", "out", _):
                         sent.append(("twilio", await _recv(caller)))
                     case ("realtime", "event", "open"):
-                        model = await asyncio.wait_for(realtime_server.connections.get(), STEP_TIMEOUT_S)
-                    case ("realtime", "in", _) if model is not None:
-                        await model.send(entry.msg)
-                    case ("realtime", "out", _) if model is not None:
-                        sent.append(("realtime", await _recv(model)))
-                    case ("realtime", "event", "closed") if model is not None:
-                        await model.close(1011, "replayed close")
+                        conn = await asyncio.wait_for(realtime_server.connections.get(), STEP_TIMEOUT_S)
+                        models[entry.link] = conn
+                        wall = entry.line.get("wall")  # absent from version 1 recordings
+                        wall_shift_s[entry.link] = time.time() - float(wall) if wall is not None else None
+                    case ("realtime", "in", _) if entry.link in models:
+                        msg = _shift_expiry(entry.msg, wall_shift_s[entry.link])
+                        await models[entry.link].send(msg)
+                    case ("realtime", "out", _) if entry.link in models:
+                        sent.append(("realtime", await _recv(models[entry.link])))
+                    case ("realtime", "event", "closed") if entry.link in models:
+                        code = entry.line.get("code")
+                        if code is None:
+                            models[entry.link].transport.abort()
+                        else:
+                            await models[entry.link].close(int(code), "replayed close")
                     case ("twilio", "event", "closed"):
                         await caller.close()
                     case _:

@@ -23,6 +23,7 @@ from quart import Quart
 from service.agents import AgentStore
 from service.config import Settings
 from service.sim.realtime_server import RealtimeSimulator
+from service.web import wsfix
 from service.web.app import create_app
 
 AUTH_TOKEN = "local-twilio-auth-token"
@@ -94,6 +95,7 @@ class LocalStack:
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 1.0
+        wsfix.install()  # as service.serve does
         self._server = asyncio.create_task(serve(self.app, config, shutdown_trigger=self._shutdown.wait))
         await self._wait_listening()
 

@@ -11,16 +11,17 @@ accept ──> Bridge(Call(...)).run()      (the model socket opens at once, in 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import TYPE_CHECKING
 
 from quart import Response, websocket
 from websockets.asyncio.client import connect
 
-from service.agents import Agent
 from service.core.audio import Transcoder
-from service.core.call import Authorize, Call, Rejected
-from service.runtime.bridge import Bridge, RealtimeSocket, SocketClosed
+from service.core.call import Call
+from service.core.inputs import StartAuthorized, StartRejected
+from service.runtime.bridge import Authorizer, Bridge, RealtimeSocket, SocketClosed
 from service.runtime.recorder import Recorder
 from service.web.security import TokenCheck, check_stream_upgrade
 from service.wire import twilio
@@ -50,23 +51,23 @@ class QuartTwilioSocket:
         await websocket.close(code, reason)
 
 
-def authorizer(state: AppState) -> Authorize:
+def authorizer(state: AppState) -> Authorizer:
     """The ``start`` check: token bound to CallSid and agent, single use; the agent must still exist."""
 
-    def authorize(start: twilio.Start, now: float) -> Agent | Rejected:
+    def authorize(start: twilio.Start) -> StartAuthorized | StartRejected:
         params = start.custom_parameters
         key, token = params.get("agent", ""), params.get("token", "")
         if not token:
-            return Rejected("no stream token")
+            return StartRejected("no stream token")
         verdict = state.seen_tokens.admit(
             state.settings.stream_token_secret, token, start.call_sid, key, state.clock()
         )
         if verdict is not TokenCheck.OK:
-            return Rejected(f"stream token {verdict.value}")
+            return StartRejected(f"stream token {verdict.value}")
         agent = state.agents.by_key(key)
         if agent is None:
-            return Rejected(f"agent {key!r} no longer configured")
-        return agent
+            return StartRejected(f"agent {key!r} no longer configured")
+        return StartAuthorized(agent)
 
     return authorize
 
@@ -89,10 +90,10 @@ async def media_stream(state: AppState) -> Response | None:
         )
 
     call = Call(
-        authorize=authorizer(state),
         transcoder=Transcoder(),
         default_model=settings.openai_realtime_model,
-        truncate_slack_ms=settings.truncate_slack_ms,
+        config=settings.call_config,
+        rng=random.Random(),
     )
     recorder = None
     if settings.record_calls_dir:
@@ -100,7 +101,13 @@ async def media_stream(state: AppState) -> Response | None:
             settings.record_calls_dir, time.monotonic(), settings.openai_realtime_model
         )
     bridge = Bridge(
-        call, QuartTwilioSocket(), open_realtime, recorder=recorder, log_payloads=settings.log_payloads
+        call,
+        QuartTwilioSocket(),
+        open_realtime,
+        authorizer(state),
+        recorder=recorder,
+        connect_timeout_s=settings.model_connect_timeout_s,
+        log_payloads=settings.log_payloads,
     )
     await bridge.run()
     return None

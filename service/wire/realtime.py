@@ -14,6 +14,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TypeAlias
 
 from service.wire import fields
@@ -83,6 +84,14 @@ class AudioDone:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentTranscriptDelta:
+    """``response.output_audio_transcript.delta``: a piece of what the agent is saying."""
+
+    item_id: str
+    delta: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentTranscript:
     """``response.output_audio_transcript.done``: what the agent said (not necessarily what was heard)."""
 
@@ -137,6 +146,17 @@ class ResponseDone:
     usage: Usage
 
 
+class ErrorKind(StrEnum):
+    """What an ``error`` event means for the call (realtime-ga.md §8), decided here, once."""
+
+    FATAL = "fatal"  # configuration or account: end the call, never retry
+    RETRYABLE = "retryable"  # this session is over: open a new one
+    REJECTED = "our event rejected"  # a malformed client event: our bug, the session goes on
+    TRUNCATE_TOO_LONG = "truncate too long"  # truncate past the generated audio: not applied
+    BENIGN = "benign"  # expected races (cancel with nothing active...): the session goes on
+    OTHER = "other"  # not classified: logged, the session goes on
+
+
 @dataclass(frozen=True, slots=True)
 class Error:
     """The server's ``error`` event. ``message`` is the server's text, safe to log (it never holds audio)."""
@@ -146,6 +166,7 @@ class Error:
     message: str
     param: str | None
     event_id: str | None
+    kind: ErrorKind = ErrorKind.OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +191,7 @@ Event: TypeAlias = (
     | OutputItemAdded
     | AudioDelta
     | AudioDone
+    | AgentTranscriptDelta
     | AgentTranscript
     | CallerTranscript
     | ItemTruncated
@@ -180,9 +202,53 @@ Event: TypeAlias = (
 )
 
 FATAL_ERROR_CODES = frozenset(
-    {"beta_api_shape_disabled", "invalid_model", "invalid_api_key", "insufficient_quota", "session_expired"}
+    {"beta_api_shape_disabled", "invalid_model", "invalid_api_key", "insufficient_quota"}
 )
-"""Error codes after which the session cannot go on (realtime-ga.md §8)."""
+"""Configuration or account errors: no new session would fare better (livekit's ``_FATAL_ERROR_CODES``)."""
+RETRYABLE_ERROR_CODES = frozenset({"session_expired"})
+"""The session is over (older duration caps said so with this code): a new one may go on."""
+REJECTED_ERROR_CODES = frozenset(
+    {"unknown_parameter", "missing_required_parameter", "invalid_value", "invalid_type"}
+)
+BENIGN_ERROR_CODES = frozenset(
+    {
+        "response_cancel_not_active",
+        "conversation_already_has_active_response",
+        "input_audio_buffer_commit_empty",
+    }
+)
+_BENIGN_MESSAGES = (
+    "Only model output audio messages can be truncated",
+    "Error committing input audio buffer",
+)
+_TRUNCATE_TOO_LONG_MESSAGE = "Audio content of "
+
+
+def classify_error(code: str | None, message: str) -> ErrorKind:
+    """The :class:`ErrorKind` of an ``error`` event: by ``code``, by ``message`` when the code is null."""
+    if code in FATAL_ERROR_CODES:
+        return ErrorKind.FATAL
+    if code in RETRYABLE_ERROR_CODES:
+        return ErrorKind.RETRYABLE
+    if code in REJECTED_ERROR_CODES:
+        return ErrorKind.REJECTED
+    if message.startswith(_TRUNCATE_TOO_LONG_MESSAGE):
+        return ErrorKind.TRUNCATE_TOO_LONG
+    if code in BENIGN_ERROR_CODES or message.startswith(_BENIGN_MESSAGES):
+        return ErrorKind.BENIGN
+    return ErrorKind.OTHER
+
+
+FATAL_CLOSE_CODES = frozenset({3000, 4000})
+"""The server closes with 3000 after an authentication error and 4000 after a model or beta-shape error
+(each right after the ``error`` event that says why): a new socket would be refused the same way."""
+FATAL_HANDSHAKE_STATUSES = frozenset({400, 401, 403, 404})
+"""HTTP answers to the upgrade (from the API or a proxy) that a retry cannot change; 429 and 5xx can."""
+
+
+def close_is_fatal(code: int | None, http_status: int | None = None) -> bool:
+    """Is a closed (or refused) model socket final, or worth opening again?"""
+    return code in FATAL_CLOSE_CODES or http_status in FATAL_HANDSHAKE_STATUSES
 
 
 # --- commands (us -> server) -------------------------------------------------------------------------
@@ -215,7 +281,16 @@ class TruncateItem:
     content_index: int = 0
 
 
-Command: TypeAlias = UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem
+@dataclass(frozen=True, slots=True)
+class CreateItem:
+    """``conversation.item.create``: a message or a function output appended to the conversation."""
+
+    item: Mapping[str, Any] = field(repr=False)
+
+
+Command: TypeAlias = (
+    UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem | CreateItem
+)
 
 
 def serialize(command: Command, event_id: str | None = None) -> str:
@@ -237,6 +312,8 @@ def serialize(command: Command, event_id: str | None = None) -> str:
             body = {"type": "response.cancel"}
             if response_id is not None:
                 body["response_id"] = response_id
+        case CreateItem(item=item):
+            body = {"type": "conversation.item.create", "item": dict(item)}
         case TruncateItem(item_id=item_id, audio_end_ms=audio_end_ms, content_index=content_index):
             body = {
                 "type": "conversation.item.truncate",
@@ -322,12 +399,15 @@ def _response_done(msg: Mapping[str, Any]) -> ResponseDone:
 
 def _error(msg: Mapping[str, Any]) -> Error:
     err = fields.obj(msg, "error", "error")
+    code = fields.maybe_text(err, "code")
+    message = fields.maybe_text(err, "message") or ""
     return Error(
         error_type=fields.maybe_text(err, "type") or "",
-        code=fields.maybe_text(err, "code"),
-        message=fields.maybe_text(err, "message") or "",
+        code=code,
+        message=message,
         param=fields.maybe_text(err, "param"),
         event_id=fields.maybe_text(err, "event_id"),
+        kind=classify_error(code, message),
     )
 
 
@@ -367,6 +447,8 @@ def _decode(kind: str, msg: Mapping[str, Any]) -> Event:
             return _output_item_added(msg)
         case "response.output_audio.done":
             return AudioDone(fields.text(msg, "response_id", kind), fields.text(msg, "item_id", kind))
+        case "response.output_audio_transcript.delta":
+            return AgentTranscriptDelta(fields.text(msg, "item_id", kind), fields.text(msg, "delta", kind))
         case "response.output_audio_transcript.done":
             return AgentTranscript(
                 fields.text(msg, "response_id", kind),
@@ -393,6 +475,8 @@ def parse(text: str | bytes) -> Event:
         msg = json.loads(text)
     except ValueError:
         return Invalid("not JSON")
+    except RecursionError:
+        return Invalid("JSON nested too deeply")
     if not isinstance(msg, dict):
         return Invalid("not a JSON object")
     kind = msg.get("type")

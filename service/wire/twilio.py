@@ -29,6 +29,8 @@ MAX_MESSAGE_CHARS = 64 * 1024
 """A real inbound frame is about 300 characters; anything this big is refused before JSON parsing."""
 MAX_PAYLOAD_BYTES = 8 * 1024
 """One second of mu-law; Twilio sends 160-byte frames."""
+MAX_COUNTER_DIGITS = 12
+"""``chunk`` and ``timestamp`` longer than this are refused: 10**12 ms is over 31 years of stream."""
 
 
 # --- events (Twilio -> us) ---------------------------------------------------------------------------
@@ -59,10 +61,16 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Media:
+    """One frame of caller audio.
+
+    ``timestamp_ms`` (ms since the stream started) is None when the sender's ``timestamp`` is absent or not
+    a non-negative decimal of at most :data:`MAX_COUNTER_DIGITS` digits: a bad clock never costs the audio.
+    """
+
     stream_sid: str
     track: str
     chunk: int
-    timestamp_ms: int
+    timestamp_ms: int | None
     payload: bytes = field(repr=False)
 
 
@@ -142,16 +150,24 @@ def serialize(command: Command) -> str:
 # --- parsing -------------------------------------------------------------------------------------------
 
 
+def _decimal(value: object) -> int | None:
+    """A counter as Twilio sends it (a decimal string; an int is accepted too), or None if it is not one.
+
+    Non-negative and at most :data:`MAX_COUNTER_DIGITS` digits. ASCII only: ``str.isdigit`` also accepts
+    digits such as "²" that ``int`` refuses.
+    """
+    if isinstance(value, str):
+        if len(value) <= MAX_COUNTER_DIGITS and value.isascii() and value.isdigit():
+            return int(value)
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_COUNTER_DIGITS:
+        return value
+    return None
+
+
 def _counter(obj: Mapping[str, Any], key: str, where: str) -> int:
-    """Twilio sends counters as decimal strings; accept ints too, reject anything else."""
-    value = obj.get(key)
-    if isinstance(value, bool):
-        raise FieldError(f"{where}.{key} must be a decimal string")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.isdigit() and len(value) <= 12:
-        number = int(value)
-    else:
+    number = _decimal(obj.get(key))
+    if number is None:
         raise FieldError(f"{where}.{key} must be a decimal string")
     return number
 
@@ -211,7 +227,7 @@ def _media(msg: Mapping[str, Any]) -> Media:
         stream_sid=fields.text(msg, "streamSid", "media"),
         track=fields.text_or(media, "track", "media", "inbound"),
         chunk=_counter(media, "chunk", "media"),
-        timestamp_ms=_counter(media, "timestamp", "media"),
+        timestamp_ms=_decimal(media.get("timestamp")),
         payload=payload,
     )
 
@@ -226,6 +242,10 @@ def parse(text: str | bytes) -> Event:
         msg = json.loads(text)
     except ValueError:
         return Invalid("not JSON")
+    except RecursionError:
+        # '[' * 50000 fits under the size limit; the decoder gives up at the recursion limit (~1000 deep,
+        # so a real frame never gets near it). Checked here rather than by scanning every frame first.
+        return Invalid("JSON nested too deeply")
     if not isinstance(msg, dict):
         return Invalid("not a JSON object")
     kind = msg.get("event")

@@ -1,0 +1,60 @@
+"""What a call asks the runtime to do: the peers' own commands, and a few control commands.
+
+Peer commands are the wire modules' values: ``twilio.SendMedia`` / ``SendMark`` / ``SendClear`` go to the
+Twilio socket; a model command is wrapped in :class:`ToModel`, which names the model socket (``link``)
+it is for, because during a rollover two sockets are open at once. The runtime executes commands in
+the order given; :mod:`service.runtime.routing` turns the peer ones into wire text, once, for the bridge
+and the replay alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from service.wire import realtime, twilio
+
+
+@dataclass(frozen=True, slots=True)
+class ToModel:
+    """Send ``command`` on model socket ``link``."""
+
+    link: int
+    command: realtime.Command
+
+
+@dataclass(frozen=True, slots=True)
+class OpenModel:
+    """Open model socket ``link`` for ``model`` after ``delay_s`` (0: at once); report
+    :class:`~service.core.inputs.ModelOpened` or :class:`~service.core.inputs.ModelClosed`."""
+
+    link: int
+    model: str
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CloseModel:
+    """Close model socket ``link`` (replaced, or no longer wanted). Nothing more is reported about it."""
+
+    link: int
+
+
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    """Check the stream token of ``start`` (the clock and the single-use register live outside the
+    core); answer with :class:`~service.core.inputs.StartAuthorized` or ``StartRejected``."""
+
+    start: twilio.Start
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    """Close both sockets. ``twilio_close_code`` 1000 lets the TwiML after ``</Connect>`` run."""
+
+    reason: str
+    twilio_close_code: int = 1000
+
+
+Control: TypeAlias = OpenModel | CloseModel | Authorize | EndCall
+Command: TypeAlias = twilio.Command | ToModel | Control
