@@ -241,8 +241,9 @@ def test_realtime_parse_never_raises(text: str) -> None:
 def test_every_client_event_we_can_send_is_a_valid_ga_event() -> None:
     from openai_schema import check_client_event
 
-    from service.agents import Agent, TurnDetection
-    from service.core.call import session_for
+    from service.core.agent import Agent, TurnDetection
+    from service.core.conversation import Turn
+    from service.core.session import context_items, session_for
 
     agents = [
         Agent(key="default", instructions="x"),
@@ -258,6 +259,8 @@ def test_every_client_event_we_can_send_is_a_valid_ga_event() -> None:
         realtime.CancelResponse("resp_1"),
         realtime.TruncateItem("item_1", 1200),
     ]
+    turns = [Turn("caller", "u", 0.0, text="Hello?"), Turn("agent", "a", 0.0, text="Hi, how can I help?")]
+    commands += [realtime.CreateItem(item) for item in context_items(turns, 1000)]
     for command in commands:
         for event_id in (None, "evt_7"):
             check_client_event(json.loads(realtime.serialize(command, event_id)))
