@@ -28,9 +28,9 @@ import numpy as np
 
 from service.core.agent import Agent
 from service.core.audio import AudioConverter, Transcoder
-from service.core.call import Call
+from service.core.call import Call, CallConfig
 from service.core.inputs import StartAuthorized, StartRejected, StreamAccepted
-from service.runtime.recorder import Line, agent_from_dict, input_line, read_input
+from service.runtime.recorder import Line, agent_from_dict, config_from_dict, input_line, read_input
 from service.runtime.routing import Outgoing, Router
 from service.wire import twilio
 
@@ -72,6 +72,7 @@ class Recording:
     default_model: str
     entries: list[Entry]
     summary: dict[str, Any]
+    config: CallConfig = field(default_factory=CallConfig)
 
     def outbound(self) -> list[tuple[str, str]]:
         return [(e.peer, e.msg) for e in self.entries if e.direction == "out"]
@@ -115,6 +116,7 @@ def load(path: str | Path) -> Recording:
     path = Path(path)
     default_model = ""
     version = 1
+    config = CallConfig()
     v1_agent: Agent | None = None
     summary: dict[str, Any] = {}
     entries: list[Entry] = []
@@ -125,6 +127,7 @@ def load(path: str | Path) -> Recording:
         if "recording" in obj:
             default_model = str(obj.get("default_model", ""))
             version = int(obj["recording"])
+            config = config_from_dict(obj.get("config", {}))
         elif "summary" in obj:
             summary = obj["summary"]
         elif "t" not in obj and "agent" in obj:
@@ -133,7 +136,7 @@ def load(path: str | Path) -> Recording:
             entries.append(Entry(float(obj["t"]), obj))
     if version == 1:
         entries = _upgrade_v1(entries, v1_agent)
-    return Recording(path, default_model, entries, summary)
+    return Recording(path, default_model, entries, summary, config)
 
 
 def _upgrade_v1(entries: list[Entry], agent: Agent | None) -> list[Entry]:
@@ -151,7 +154,7 @@ def _upgrade_v1(entries: list[Entry], agent: Agent | None) -> list[Entry]:
 
 def replay(recording: Recording, transcoder: Callable[[], AudioConverter] = Transcoder) -> ReplayResult:
     """Feed the recording's inputs to a new Call; compare its outputs with the recorded ones."""
-    call = Call(transcoder=transcoder(), default_model=recording.default_model)
+    call = Call(transcoder=transcoder(), default_model=recording.default_model, config=recording.config)
     router = Router()
     sent: list[tuple[str, str]] = []
     for entry in recording.entries:

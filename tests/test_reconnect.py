@@ -6,12 +6,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from callkit import WALL, Driver, delta, done, error, links, media, sent, start, unwrap, updated
+from callkit import WALL, Driver, ThreeX, delta, done, error, links, media, sent, start, unwrap, updated
 
 from service.core.call import CallConfig, Phase
 from service.core.commands import CloseModel, EndCall, OpenModel, ToModel
 from service.core.links import RolloverPolicy
 from service.core.reconnect import ReconnectPolicy, Retry
+from service.core.uplink import Utterance
 from service.wire import realtime, twilio
 
 MODEL = "gpt-realtime-2.1"
@@ -89,15 +90,44 @@ def test_drop_mid_answer_clears_twilio_reconnects_at_once_and_replays_what_was_h
     assert d.model(realtime.SpeechStarted("x", 0), 2.8, link=1) == []  # the old socket is not listened to
 
 
-def test_drop_while_the_caller_speaks_lets_the_new_session_take_the_turn() -> None:
+def test_drop_while_the_caller_speaks_gives_the_new_session_their_utterance_and_lets_its_vad_decide() -> None:
     d = Driver().live()
     converse(d)
-    d.model(realtime.SpeechStarted("item_u2", 5000), 3.0)
-    d.closed(1, 3.2, code=None)  # TCP abort: no close frame
-    reopened = unwrap(d.opened(2, 3.3))
-    assert not [c for c in reopened if isinstance(c, realtime.CreateResponse)]
-    assert [i["role"] for i in items(d.opened(2, 3.3))] == []  # configured once only
+    ts = 0
+    for _ in range(50):  # 1 s of silence before the caller speaks
+        d.twilio(media(ts, b"\xff" * 160), 2.0 + ts / 1000)
+        ts += 20
+    d.model(realtime.SpeechStarted("item_u2", 700), 3.0)  # with its prefix padding, from 700 ms on
+    for _ in range(40):  # 800 ms of speech reach the first session
+        d.twilio(media(ts), 2.0 + ts / 1000)
+        ts += 20
+    d.closed(1, 3.8, code=None)  # TCP abort: no close frame
+    reopened = d.opened(2, 3.9)
+    plain = unwrap(reopened)
+    assert not [c for c in plain if isinstance(c, realtime.CreateResponse)]  # its VAD takes the turn
     assert len(sent(reopened, realtime.CreateItem)) == 2
+    again = sent(reopened, realtime.AppendAudio)
+    assert len(again) == 15 + 40  # from the VAD's audio_start_ms on: 300 ms of padding, 800 ms of speech
+    assert again[-1].audio == ThreeX().to_model(b"\x7f" * 160) and again[0].audio != again[-1].audio
+    assert d.call.uplink.stats.replayed_ms == 1100
+    assert d.opened(2, 3.9) == []  # configured once only
+
+
+def test_the_utterance_kept_is_bounded_and_forgotten_when_the_caller_stops() -> None:
+    utterance = Utterance(lead_ms=100, max_ms=1000)
+    for n in range(20):
+        utterance.add(bytes([n]), 20)
+    assert utterance.audio() == [] and utterance.ms == 0  # not speaking: nothing to give
+    utterance.started(audio_start_ms=340)  # the VAD says the speech began 60 ms ago
+    assert utterance.audio() == [bytes([17]), bytes([18]), bytes([19])]
+    for _ in range(200):
+        utterance.add(b"s", 20)
+    assert utterance.ms == 1000 and len(utterance.audio()) == 50
+    utterance.new_session()  # the new session was given those 1000 ms: its clock starts there
+    utterance.add(b"t", 20)
+    assert utterance.ms == 1000 and utterance.audio()[-1] == b"t"
+    utterance.stopped()
+    assert utterance.audio() == []
 
 
 def test_no_second_greeting_after_a_reconnect_and_none_lost_if_the_first_socket_never_confirmed() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.replay import Recording, load, replay
-from service.sim.replay_peers import ReplayRealtimeServer, replay_over_sockets
+from service.sim.replay_peers import ReplayRealtimeServer, replay_over_sockets, service_env
 from service.sim.stack import LocalStack
 
 CALLS = Path(__file__).resolve().parents[1] / "fixtures" / "calls"
@@ -22,8 +22,9 @@ def sent_types(recording: Recording, peer: str) -> list[str]:
     return [json.loads(msg)[key] for p, msg in recording.outbound() if p == peer]
 
 
-def test_the_three_scenarios_are_committed() -> None:
+def test_the_scenarios_are_committed() -> None:
     assert set(NAMES) >= {"greeting_two_turns", "barge_in", "hangup_mid_answer"}
+    assert set(NAMES) >= {"drop_mid_answer", "drop_while_speaking", "rollover"}
 
 
 @pytest.mark.parametrize("path", RECORDINGS, ids=NAMES)
@@ -71,7 +72,7 @@ def test_replay_notices_a_different_decision() -> None:
 async def test_replay_over_real_sockets_matches_the_recording(path: Path) -> None:
     recording = load(path)
     peer = ReplayRealtimeServer()
-    async with LocalStack(model_peer=peer) as stack:
+    async with LocalStack(model_peer=peer, env=service_env(recording)) as stack:
         result = await replay_over_sockets(
             recording, peer, http_base=stack.http_base, auth_token=stack.auth_token,
             public_base_url=stack.public_base_url,

@@ -144,6 +144,7 @@ class Answers:
         self._items = []
         self._discarded.clear()
         self._awaiting_first_audio = False
+        self._turn_ended_at = None  # an answer resumed by the next session is not a turn's first audio
         return commands
 
     def _cut_turns(self, heard: dict[str, int]) -> None:

@@ -57,7 +57,7 @@ from service.core.playback import PlaybackLedger
 from service.core.reconnect import ReconnectPolicy
 from service.core.session import greeting_instructions
 from service.core.summary import CallStats, summary_line
-from service.core.uplink import Uplink
+from service.core.uplink import Throttle, Uplink, Utterance
 from service.wire import realtime, twilio
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class Call(Failover):
         self.phase = Phase.AWAITING_START
         self.ledger = PlaybackLedger(config.truncate_slack_ms)
         self.uplink = Uplink()
+        self.utterance = Utterance()
         self.conversation = Conversation()
         self.stats = CallStats()
         self.answers = Answers(self.ledger, self.conversation, self.stats)
@@ -106,9 +107,10 @@ class Call(Failover):
         self._begun_at = 0.0
         self._resume_answer = False  # after a reconnect: the model was mid-answer, ask it to go on
         self._greeting_due = False
-        self._held: list[bytes] = []
+        self._held: list[tuple[bytes, int]] = []  # (PCM, ms)
         self._held_ms = 0
         self._caller_speaking = False
+        self._throttles: dict[str, Throttle] = {}
 
     @property
     def ended(self) -> bool:
@@ -174,6 +176,16 @@ class Call(Failover):
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    def _warn(self, kind: str, now: float, message: str, *args: object) -> None:
+        """A warning about a peer's input, at most once per ``WARN_EVERY_S`` for each kind."""
+        throttle = self._throttles.get(kind)
+        if throttle is None:
+            throttle = self._throttles[kind] = Throttle()
+        if throttle.ready(now):
+            suppressed = throttle.take_suppressed()
+            suffix = f" ({suppressed} more since the last one)" if suppressed else ""
+            log.warning(message + suffix, *args)
+
     def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
         if self.ended:
             return []
@@ -219,11 +231,11 @@ class Call(Failover):
                 log.debug("caller pressed a key")  # digits are personal data (PINs): never at INFO
                 return []
             case twilio.Unknown(event=kind):
-                log.warning("twilio: unknown event %r skipped", kind)
+                self._warn("unknown", now, "twilio: unknown event %r skipped", kind)
                 return []
             case twilio.Invalid(reason=reason):
                 self.stats.invalid_twilio += 1
-                log.warning("twilio: message skipped: %s", reason)
+                self._warn("twilio invalid", now, "twilio: message skipped: %s", reason)
                 return []
             case _:
                 assert_never(event)
@@ -263,11 +275,11 @@ class Call(Failover):
     def _on_media(self, media: twilio.Media, now: float) -> list[Command]:
         if self.stream_sid is None:
             self.stats.invalid_twilio += 1
-            log.warning("twilio: media before start skipped")
+            self._warn("early media", now, "twilio: media before start skipped")
             return []
         if media.stream_sid != self.stream_sid:
             self.stats.invalid_twilio += 1
-            log.warning("twilio: media for another stream skipped")
+            self._warn("foreign media", now, "twilio: media for another stream skipped")
             return []
         if not media.payload:
             return []
@@ -277,13 +289,14 @@ class Call(Failover):
         """Caller audio to the live session; held until it is configured; dropped while reconnecting."""
         pcm = self._audio.to_model(mulaw)
         live = self.sessions.live
-        if live is not None and live.configured and self.phase is not Phase.RECONNECTING:
-            return [ToModel(live.id, realtime.AppendAudio(pcm))]
         ms = len(mulaw) // twilio.BYTES_PER_MS
+        if live is not None and live.configured and self.phase is not Phase.RECONNECTING:
+            self.utterance.add(pcm, ms)
+            return [ToModel(live.id, realtime.AppendAudio(pcm))]
         if self.phase is Phase.RECONNECTING:
             self.uplink.stats.dropped_ms += ms
             return []
-        self._held.append(pcm)
+        self._held.append((pcm, ms))
         self._held_ms += ms
         if self._held_ms > MAX_PENDING_INPUT_MS:
             return self._end(self.uplink.last_media_at, "model socket not ready in time")
@@ -306,13 +319,15 @@ class Call(Failover):
                 return []
             case realtime.AudioDone(item_id=item_id, response_id=response_id):
                 return answers.audio_done(item_id, response_id)
-            case realtime.SpeechStarted():
+            case realtime.SpeechStarted(audio_start_ms=audio_start_ms):
                 self._caller_speaking = True
+                self.utterance.started(audio_start_ms)
                 self.uplink.last_media_at = max(self.uplink.last_media_at, now)
                 server_cancels = self.agent is None or self.agent.turn_detection.interrupt_response
                 return answers.barge_in(now, link.id, server_cancels=server_cancels)
             case realtime.SpeechStopped():
                 self._caller_speaking = False
+                self.utterance.stopped()
                 answers.caller_stopped(now)
                 return []
             case realtime.ResponseCreated(response_id=response_id):
@@ -330,7 +345,7 @@ class Call(Failover):
                 return self._on_error(link, event, now)
             case realtime.Invalid(reason=reason):
                 self.stats.invalid_realtime += 1
-                log.warning("realtime: message skipped: %s", reason)
+                self._warn("realtime invalid", now, "realtime: message skipped: %s", reason)
                 return []
             case realtime.InputCommitted(item_id=item_id):
                 self.conversation.caller_committed(item_id, now)
@@ -384,7 +399,10 @@ class Call(Failover):
                 self.stats.truncate_errors += 1
                 log.warning("realtime: truncate rejected: %s", error.message)
             case realtime.ErrorKind.REJECTED:
-                log.error("realtime: our event %s was rejected: %s (%s)", error.event_id, code, error.param)
+                log.error(
+                    "realtime: our event %s on socket %d was rejected: %s (%s)",
+                    error.event_id, live.id, code, error.param,
+                )  # fmt: skip
             case realtime.ErrorKind.BENIGN:
                 log.debug("realtime: %s", code)
             case realtime.ErrorKind.OTHER:

@@ -5,9 +5,9 @@ because it is one policy with its own vocabulary:
 - a socket lost mid-call puts the call in ``reconnecting``: what the lost session was saying is
   cleared at Twilio and kept in the conversation as heard; attempts follow the
   :class:`~service.core.reconnect.ReconnectPolicy` (the first at once); the new session gets the
-  agent's ``session.update``, the conversation replayed as text, and, if the lost one was mid-answer
-  and the caller is not speaking, a ``response.create`` to go on; caller audio of the gap is dropped
-  and counted; no second greeting.
+  agent's ``session.update``, the conversation replayed as text, then the caller's utterance so far if
+  they are speaking (the new session's VAD takes the turn), or else, if the lost one was mid-answer,
+  a ``response.create`` to go on; caller audio of the gap is dropped and counted; no second greeting.
 - before the session's ``expires_at`` (:class:`~service.core.links.RolloverPolicy`), a spare socket is
   opened and configured; at the first quiet moment (no answer in progress or playing, the caller not
   speaking) the conversation is replayed to it and it becomes the live one, and the old one is closed
@@ -30,6 +30,7 @@ from service.core.links import Link, LinkState, Sessions
 from service.core.phase import Phase
 from service.core.session import context_items, session_for
 from service.core.summary import CallStats
+from service.core.uplink import Uplink, Utterance
 from service.wire import realtime
 
 if TYPE_CHECKING:
@@ -59,9 +60,11 @@ class Failover:
     answers: Answers
     conversation: Conversation
     stats: CallStats
-    _held: list[bytes]
+    _held: list[tuple[bytes, int]]
     _held_ms: int
     _caller_speaking: bool
+    utterance: Utterance
+    uplink: Uplink
     _resume_answer: bool
 
     def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
@@ -69,7 +72,7 @@ class Failover:
 
     def _on_model_opened(self, link_id: int, wall_s: float, now: float) -> list[Command]:
         link = self.sessions.which(link_id)
-        if link is None:
+        if link is None or link.state is not LinkState.OPENING:
             return []
         link.opened(now, wall_s)
         if link is self.sessions.live:
@@ -87,16 +90,23 @@ class Failover:
         commands: list[Command] = [ToModel(live.id, realtime.UpdateSession(session_for(agent)))]
         if self.phase is Phase.RECONNECTING:
             commands += self._replay_context(live)
-        commands += [ToModel(live.id, realtime.AppendAudio(pcm)) for pcm in self._held]
+        for pcm, ms in self._held:
+            commands.append(ToModel(live.id, realtime.AppendAudio(pcm)))
+            self.utterance.add(pcm, ms)
         self._held.clear()
         self._held_ms = 0
         self.phase = Phase.CONFIGURING
         return commands
 
     def _replay_context(self, link: Link) -> list[Command]:
-        """The conversation so far to a new session; ask it to go on if the lost one was answering."""
+        """The conversation so far to a new session; then, if the caller is speaking, their utterance
+        so far (its VAD takes the turn); else, if the lost session was answering, ask it to go on."""
         items = context_items(self.conversation, self.config.context_tokens)
         commands: list[Command] = [ToModel(link.id, realtime.CreateItem(item)) for item in items]
+        if self._caller_speaking:
+            commands += [ToModel(link.id, realtime.AppendAudio(pcm)) for pcm in self.utterance.audio()]
+            self.uplink.stats.replayed_ms += self.utterance.ms
+        self.utterance.new_session()
         if self._resume_answer and not self._caller_speaking:
             commands.append(ToModel(link.id, realtime.CreateResponse()))
         self._resume_answer = False

@@ -65,6 +65,7 @@ def summary_line(
         "reconnect_ms": stats.reconnect_ms,
         "rollovers": stats.rollovers,
         "gap_dropped_ms": uplink.dropped_ms,
+        "replayed_ms": uplink.replayed_ms,
         "input_tokens": stats.usage.input_tokens,
         "output_tokens": stats.usage.output_tokens,
         "cached_tokens": stats.usage.cached_tokens,

@@ -14,11 +14,16 @@ frames) is filled with mu-law silence. A peer cannot turn that into a flood:
 
 While the caller speaks and Twilio sends nothing for :data:`SILENCE_INJECT_AFTER_S`, one second of
 silence is appended so that the server VAD can close the turn (phone legs may omit silent audio).
+
+:class:`Utterance` keeps what the model was sent of the utterance in progress (from a little before
+the server VAD heard it start), so that a session replacing a lost one hears the caller's whole
+sentence, not its tail.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 from service.core.audio import MULAW_SILENCE
@@ -35,6 +40,11 @@ MAX_FILL_PER_CALL_MS = 600_000
 GAP_LOG_MS = 100
 SILENCE_INJECT_AFTER_S = 0.75
 SILENCE_INJECT_MS = 1_000
+UTTERANCE_LEAD_MS = 2_000
+"""Audio kept while the caller is quiet: the VAD's ``speech_started`` comes after the speech began,
+and points back into this (with its ``prefix_padding_ms``, 300 by default)."""
+MAX_UTTERANCE_MS = 8_000
+"""The most of one utterance kept for a new session (24 kHz PCM16: 48 kB a second)."""
 WARN_EVERY_S = 10.0
 """A repeated warning about a peer's input is logged at most this often (with a count of the rest)."""
 
@@ -71,6 +81,8 @@ class UplinkStats:
     bad_timestamps: int = 0
     dropped_ms: int = 0
     """Caller audio that reached no model (the model socket was being replaced)."""
+    replayed_ms: int = 0
+    """Caller audio sent again to a new session (the utterance the lost session was hearing)."""
 
 
 class Uplink:
@@ -160,3 +172,55 @@ class Uplink:
         if self._expected_ms is not None:
             self._expected_ms += SILENCE_INJECT_MS
         return SILENCE_BYTE * (SILENCE_INJECT_MS * BYTES_PER_MS)
+
+
+class Utterance:
+    """The audio the live session was sent of the caller's utterance in progress, bounded.
+
+    Positions are on the session's input clock (ms appended to it), the clock of the VAD's
+    ``audio_start_ms``, which already includes its ``prefix_padding_ms``: the utterance is kept from
+    there. While the caller is not speaking, the last :data:`UTTERANCE_LEAD_MS` are kept (the VAD
+    announces speech a little after it began).
+    """
+
+    def __init__(self, lead_ms: int = UTTERANCE_LEAD_MS, max_ms: int = MAX_UTTERANCE_MS) -> None:
+        self.lead_ms = lead_ms
+        self.max_ms = max_ms
+        self.speaking = False
+        self._chunks: deque[tuple[bytes, int, int]] = deque()  # (PCM, start ms, ms)
+        self._session_ms = 0  # the live session's input clock
+
+    def add(self, pcm: bytes, ms: int) -> None:
+        """``ms`` of audio were appended to the live session."""
+        self._chunks.append((pcm, self._session_ms, ms))
+        self._session_ms += ms
+        self._keep_from(self._session_ms - (self.max_ms if self.speaking else self.lead_ms))
+
+    def started(self, audio_start_ms: int) -> None:
+        self.speaking = True
+        self._keep_from(audio_start_ms)
+
+    def stopped(self) -> None:
+        self.speaking = False
+        self._keep_from(self._session_ms - self.lead_ms)
+
+    def _keep_from(self, start_ms: int) -> None:
+        chunks = self._chunks
+        while chunks and chunks[0][1] + chunks[0][2] <= start_ms:
+            chunks.popleft()
+
+    def audio(self) -> list[bytes]:
+        """What to send a new session, if the caller is speaking (nothing otherwise)."""
+        return [pcm for pcm, _, _ in self._chunks] if self.speaking else []
+
+    @property
+    def ms(self) -> int:
+        return sum(ms for _, _, ms in self._chunks) if self.speaking else 0
+
+    def new_session(self) -> None:
+        """A new session: its clock starts with what :meth:`audio` gave it (if anything)."""
+        kept = list(self._chunks) if self.speaking else []
+        self._chunks.clear()
+        self._session_ms = 0
+        for pcm, _, ms in kept:
+            self.add(pcm, ms)

@@ -8,11 +8,11 @@ socket was accepted), ``peer`` (``twilio`` | ``realtime`` | ``service`` | ``time
 - ``event``: any other input of the call (:mod:`service.core.inputs`): ``accepted``, ``closed``,
   ``open``, ``authorized`` (with the ``agent``), ``rejected``, ``timeout``.
 
-Model lines carry ``link``, the number of the model socket (a call may open several). The first line is
-a header (``{"recording": 2, ...}``) and the last one the call summary. :func:`read_input` turns a line
-back into the input it recorded; version 1 files (no ``link``, the agent on a line of its own, no
-``accepted`` / ``authorized`` lines) are read too. Recordings hold audio and transcripts: treat them
-as the caller's personal data.
+Model lines carry ``link``, the number of the model socket (a call may open several). The first line
+is a header (``{"recording": 2, ...}``, with the call's policies in ``config``) and the last one the
+call summary. :func:`read_input` turns a line back into the input it recorded; version 1 files (no
+``link``, the agent on a line of its own, no ``accepted`` / ``authorized`` lines) are read too.
+Recordings hold audio and transcripts: treat them as the caller's personal data.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, assert_never
 
 from service.core.agent import Agent, TurnDetection
+from service.core.call import CallConfig
 from service.core.inputs import (
     Input,
     ModelClosed,
@@ -37,6 +38,8 @@ from service.core.inputs import (
     TwilioClosed,
     TwilioMessage,
 )
+from service.core.links import RolloverPolicy
+from service.core.reconnect import ReconnectPolicy
 from service.runtime.routing import Outgoing
 from service.wire import realtime, twilio
 
@@ -111,6 +114,14 @@ def read_input(line: Line) -> Input | None:
             return None
 
 
+def config_from_dict(data: dict[str, Any]) -> CallConfig:
+    """The call's policies as the header recorded them (defaults for what it does not say)."""
+    fields = dict(data)
+    fields["reconnect"] = ReconnectPolicy(**fields.get("reconnect", {}))
+    fields["rollover"] = RolloverPolicy(**fields.get("rollover", {}))
+    return CallConfig(**fields)
+
+
 def agent_from_dict(data: dict[str, Any]) -> Agent:
     fields = dict(data)
     fields["turn_detection"] = TurnDetection(**fields.get("turn_detection", {}))
@@ -120,7 +131,7 @@ def agent_from_dict(data: dict[str, Any]) -> Agent:
 class Recorder:
     """Writes one call's recording. Not thread-safe; one per call."""
 
-    def __init__(self, path: Path, started_at: float, default_model: str) -> None:
+    def __init__(self, path: Path, started_at: float, default_model: str, config: CallConfig) -> None:
         self.path = path
         self._t0 = started_at
         self._file: IO[str] | None = path.open("w", encoding="utf-8")
@@ -129,15 +140,18 @@ class Recorder:
                 "recording": FORMAT_VERSION,
                 "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "default_model": default_model,
+                "config": dataclasses.asdict(config),
             }
         )
 
     @classmethod
-    def in_directory(cls, directory: str | Path, started_at: float, default_model: str) -> Recorder:
+    def in_directory(
+        cls, directory: str | Path, started_at: float, default_model: str, config: CallConfig
+    ) -> Recorder:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-        return cls(folder / f"call-{stamp}-{secrets.token_hex(3)}.jsonl", started_at, default_model)
+        return cls(folder / f"call-{stamp}-{secrets.token_hex(3)}.jsonl", started_at, default_model, config)
 
     def input(self, now: float, event: Input) -> None:
         self._line({"t": self._ms(now), **input_line(event)})

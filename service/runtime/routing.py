@@ -1,7 +1,8 @@
 """Where each command of a call goes, written once for the bridge and the replay. Pure.
 
-Peer commands become :class:`Outgoing` wire text (the model's event ids numbered per call, ``evt_1``,
-``evt_2``...); control commands are returned as they are, for the caller to carry out.
+Peer commands become :class:`Outgoing` wire text (the model's event ids numbered per socket, ``evt_1``,
+``evt_2``..., so that what one socket is sent does not depend on when another one opened); control
+commands are returned as they are, for the caller to carry out.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ class Router:
     """Serializes one call's peer commands; hands control commands back."""
 
     def __init__(self) -> None:
-        self._event_ids = itertools.count(1)
+        self._event_ids: dict[int, itertools.count[int]] = {}
 
     def route(self, command: Command) -> Outgoing | Control:
         match command:
             case ToModel(link=link, command=model_command):
-                text = realtime.serialize(model_command, f"evt_{next(self._event_ids)}")
+                ids = self._event_ids.get(link)
+                if ids is None:
+                    ids = self._event_ids[link] = itertools.count(1)
+                text = realtime.serialize(model_command, f"evt_{next(ids)}")
                 return Outgoing("realtime", text, link)
             case twilio.SendMedia() | twilio.SendMark() | twilio.SendClear():
                 return Outgoing("twilio", twilio.serialize(command))

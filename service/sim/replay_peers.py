@@ -29,6 +29,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
 
 from service.replay import Recording, ReplayResult, compare
 
@@ -38,20 +39,34 @@ SESSION_LIFETIME_S = 3600
 
 
 class ReplayRealtimeServer:
-    """A websockets server on 127.0.0.1 that hands each accepted connection to the replay driver."""
+    """A websockets server on 127.0.0.1 that hands each accepted connection to the replay driver.
+
+    The handshake of each connection is held until the driver reaches the recording's ``open`` line
+    for it (:meth:`admit`), so the service learns that its model socket opened at the recorded point:
+    what it does with the caller's audio meanwhile (hold it, or drop it while reconnecting) does not
+    depend on how fast the loopback is.
+    """
 
     def __init__(self) -> None:
         self.connections: asyncio.Queue[ServerConnection] = asyncio.Queue()
         self._server: Server | None = None
         self._done = asyncio.Event()
+        self._admissions: asyncio.Queue[None] = asyncio.Queue()
         self.port = 0
+
+    def admit(self) -> None:
+        """Let the next connection's handshake complete."""
+        self._admissions.put_nowait(None)
+
+    async def _hold(self, connection: ServerConnection, request: Request) -> None:
+        await self._admissions.get()
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/realtime"
 
     async def start(self) -> None:
-        self._server = await serve(self._handler, "127.0.0.1", 0, max_size=None)
+        self._server = await serve(self._handler, "127.0.0.1", 0, max_size=None, process_request=self._hold)
         self.port = next(iter(self._server.sockets)).getsockname()[1]
 
     async def stop(self) -> None:
@@ -63,6 +78,17 @@ class ReplayRealtimeServer:
     async def _handler(self, ws: ServerConnection) -> None:
         await self.connections.put(ws)
         await self._done.wait()  # the driver owns the socket until the server stops
+
+
+def service_env(recording: Recording) -> dict[str, str]:
+    """Settings that give the service under replay the recorded call's policies."""
+    config = recording.config
+    return {
+        "TRUNCATE_SLACK_MS": str(config.truncate_slack_ms),
+        "MODEL_RECONNECT_GIVE_UP_S": str(config.reconnect.give_up_s),
+        "ROLLOVER_MARGIN_S": str(config.rollover.margin_s),
+        "CONTEXT_REPLAY_TOKENS": str(config.context_tokens),
+    }
 
 
 def _fresh_start(message: str, parameters: dict[str, str]) -> str:
@@ -153,6 +179,7 @@ async def replay_over_sockets(
                     case ("twilio", "out", _):
                         sent.append(("twilio", await _recv(caller)))
                     case ("realtime", "event", "open"):
+                        realtime_server.admit()
                         conn = await asyncio.wait_for(realtime_server.connections.get(), STEP_TIMEOUT_S)
                         models[entry.link] = conn
                         wall = entry.line.get("wall")  # absent from version 1 recordings

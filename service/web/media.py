@@ -98,7 +98,7 @@ async def media_stream(state: AppState) -> Response | None:
     recorder = None
     if settings.record_calls_dir:
         recorder = Recorder.in_directory(
-            settings.record_calls_dir, time.monotonic(), settings.openai_realtime_model
+            settings.record_calls_dir, time.monotonic(), settings.openai_realtime_model, call.config
         )
     bridge = Bridge(
         call,
