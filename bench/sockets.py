@@ -1,7 +1,7 @@
 """Per-call CPU and added latency of the whole call path over real sockets on 127.0.0.1, N calls at once.
 
 The Dialtone server runs in its own process, the same app and server the Procfile runs
-(``python -m hypercorn 'service.web.app:create_app()'``, configured by environment variables,
+(``python -m service.serve``, the Procfile's command, configured by environment variables,
 ``LOG_LEVEL=WARNING``, started in an empty working directory so that no ``.env`` is read). The Realtime
 simulator and the N Twilio caller simulators run in this process, so the server's CPU is measured apart
 from theirs.
@@ -34,7 +34,7 @@ What is reported, per level (a markdown table, one row per level, printed as eac
   last call of the level started streaming until the first call ended; set-up and tear-down (webhook,
   handshakes, first ``session.update``) fall outside it. Without a window (a call failed to start) the
   whole level is used and the value is marked ``*``.
-- ``server CPU %``: user + sys time of the server's process tree (hypercorn's parent and its worker),
+- ``server CPU %``: user + sys time of the server's process tree (one process),
   from ``/proc/<pid>/stat``, over the window, in % of one core. ``% core/call`` = that / N: the share of
   one core that one concurrent call costs; ``calls/core`` = 100 / that. One hypercorn worker is one
   process: it cannot use more than one core.
@@ -139,7 +139,7 @@ def cpu_s(pids: list[int]) -> float:
 
 
 class ServerProcess:
-    """``python -m hypercorn 'service.web.app:create_app()'`` on 127.0.0.1, its log in ``log_path``."""
+    """``python -m service.serve`` (the Procfile's command), its log in ``log_path``."""
 
     def __init__(self, realtime_url: str, workdir: Path) -> None:
         self.port = free_port()
@@ -170,14 +170,7 @@ class ServerProcess:
             LOG_LEVEL="WARNING",
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_DIR), env.get("PYTHONPATH")])),
         )
-        command = [
-            sys.executable,
-            "-m",
-            "hypercorn",
-            "service.web.app:create_app()",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-        ]
+        command = [sys.executable, "-m", "service.serve"]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
                 command, env=env, cwd=self._workdir, stdout=log, stderr=subprocess.STDOUT

@@ -1,10 +1,12 @@
-"""``make serve`` / the Procfile: run Dialtone under hypercorn, configured from the environment or ``.env``.
+"""``make serve`` / the Procfile: run Dialtone, configured from the environment or ``.env``.
 
     python -m service.serve          # binds 0.0.0.0:$PORT (default 8080)
 
 Settings and the agents file are checked before anything listens: every problem is printed at once and
-the exit code is 2. Hypercorn's own log lines go through Dialtone's logging (JSON when not on a TTY), once
-each. SIGTERM and SIGINT stop the server gracefully: calls in progress get a few seconds to end.
+the exit code is 2. One port serves everything (:mod:`service.web.serving`): the media streams on the
+lean path, the webhooks through hypercorn. Hypercorn's own log lines go through Dialtone's logging
+(JSON when not on a TTY). SIGTERM and SIGINT stop the server: it stops listening, ends the calls still
+running (each logs its summary) and exits.
 """
 
 from __future__ import annotations
@@ -14,26 +16,30 @@ import logging
 import signal
 import sys
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from quart import Quart
 
-from service.config import load_settings
+from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
-from service.web import wsfix
 from service.web.app import create_app, secrets_of
+from service.web.serving import Service
 
 log = logging.getLogger(__name__)
-GRACEFUL_TIMEOUT_S = 5.0
 
 
-async def _serve(app: Quart, config: Config) -> None:
+async def _serve(app: Quart, settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await serve(app, config, shutdown_trigger=stop.wait)
+    service = Service(app, host="0.0.0.0", port=settings.port)
+    await service.start()
+    log.info("Dialtone on port %d, public URL %s", service.port, settings.public_base_url)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await service.stop()
 
 
 def main() -> int:
@@ -44,14 +50,9 @@ def main() -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    config = Config()
-    config.bind = [f"0.0.0.0:{settings.port}"]
-    config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler of its own
-    config.accesslog = None  # the per-call summary lines are the useful record
-    config.graceful_timeout = GRACEFUL_TIMEOUT_S
-    log.info("Dialtone on port %d, public URL %s", settings.port, settings.public_base_url)
-    wsfix.install()  # a websocket hypercorn fails gets a close frame with the code (1007 for bad UTF-8)
-    asyncio.run(_serve(app, config))
+    for name in ("websockets.server", "websockets.client"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # not a line per connection
+    asyncio.run(_serve(app, settings))
     return 0
 
 

@@ -9,24 +9,21 @@ import base64
 import json
 import logging
 import shutil
-import urllib.parse
-import urllib.request
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 from openai_schema import check_client_event
-from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
 from service.sim.caller import CallRecord, place_call
 from service.sim.realtime_server import RealtimeSimulator, SimConnection
 from service.sim.script import AfterAgentSilent, AfterAgentStarted, HangUp, ReplyScript, Say, load_clip
-from service.sim.stack import API_KEY, DEFAULT_AGENTS_FILE, LocalStack
+from service.sim.stack import API_KEY, DEFAULT_AGENTS_FILE, LocalStack, start_message
 
 pytestmark = pytest.mark.timeout(90)
 
+CALL_SID = "CA" + "5" * 32  # of the calls placed by hand: one stream token each
 QUESTION = load_clip("caller_question")
 FOLLOWUP = load_clip("caller_followup")
 INTERRUPT = load_clip("caller_interrupt")
@@ -171,11 +168,7 @@ async def test_forged_webhook_and_forged_or_tokenless_streams_are_refused() -> N
 
 async def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
     async with LocalStack() as stack:
-        params = await asyncio.to_thread(_signed_webhook, stack)
-        url = f"ws://127.0.0.1:{stack.port}/twilio/media"
-        signature = RequestValidator(stack.auth_token).compute_signature(
-            stack.public_base_url.replace("https://", "wss://") + "/twilio/media", {}
-        )
+        params = await stack.voice_webhook(CALL_SID)
         sid = "MZ" + "7" * 32
         frame = base64.b64encode(b"\xff" * 160).decode()
 
@@ -194,10 +187,10 @@ async def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
                 }
             )
 
-        async with connect(url, additional_headers={"X-Twilio-Signature": signature}) as ws:
+        async with connect(stack.media_url, additional_headers=stack.stream_headers()) as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(media(0))  # media before start
-            await ws.send(start_message(sid, params))
+            await ws.send(start_message(sid, CALL_SID, params))
             await ws.send(media(0))
             for junk in (
                 "{not json",
@@ -218,7 +211,7 @@ async def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
                         "event": "stop",
                         "sequenceNumber": "99",
                         "streamSid": sid,
-                        "stop": {"accountSid": "AC", "callSid": params["CallSid"]},
+                        "stop": {"accountSid": "AC", "callSid": CALL_SID},
                     }
                 )
             )
@@ -230,56 +223,16 @@ async def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
     assert sent_types(conn)[0] == "session.update"
 
 
-def start_message(stream_sid: str, params: dict[str, Any]) -> str:
-    start = {
-        "streamSid": stream_sid,
-        "accountSid": "AC" + "1" * 32,
-        "callSid": params["CallSid"],
-        "tracks": ["inbound"],
-        "customParameters": params["parameters"],
-        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-    }
-    return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": start})
-
-
-def _signed_webhook(stack: LocalStack) -> dict[str, Any]:
-    form = {
-        "CallSid": "CA" + "5" * 32,
-        "AccountSid": "AC" + "1" * 32,
-        "From": "+15557654321",
-        "To": "+15551230002",
-        "CallStatus": "ringing",
-        "Direction": "inbound",
-    }
-    signature = RequestValidator(stack.auth_token).compute_signature(
-        stack.public_base_url + "/twilio/voice", form
-    )
-    request = urllib.request.Request(
-        stack.http_base + "/twilio/voice",
-        data=urllib.parse.urlencode(form).encode(),
-        headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        twiml = response.read().decode()
-    root = ET.fromstring(twiml)
-    parameters = {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
-    return {"CallSid": form["CallSid"], "parameters": parameters}
-
-
 async def test_twilio_socket_dropped_without_stop_ends_the_call_and_nothing_leaks() -> None:
     async with LocalStack() as stack:
         await call(stack, to="+15551230002", script=[HangUp(AfterAgentSilent(200, timeout_ms=300))])
         await closed(stack.sim.connections[0])
         await asyncio.sleep(0.3)
         baseline = len(asyncio.all_tasks())
-        params = await asyncio.to_thread(_signed_webhook, stack)
-        signature = RequestValidator(stack.auth_token).compute_signature(
-            stack.public_base_url.replace("https://", "wss://") + "/twilio/media", {}
-        )
+        params = await stack.voice_webhook(CALL_SID)
         sid = "MZ" + "8" * 32
-        url = f"ws://127.0.0.1:{stack.port}/twilio/media"
-        ws = await connect(url, additional_headers={"X-Twilio-Signature": signature})
-        await ws.send(start_message(sid, params))
+        ws = await connect(stack.media_url, additional_headers=stack.stream_headers())
+        await ws.send(start_message(sid, CALL_SID, params))
         conn = await stack.sim.wait_for_connection(1)
         ws.transport.abort()  # the TCP connection drops: no stop, no close frame
         await closed(conn)

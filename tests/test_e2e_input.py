@@ -24,19 +24,18 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from test_e2e import QUESTION, _signed_webhook, appended_bytes, call, closed, start_message
-from twilio.request_validator import RequestValidator
+from test_e2e import CALL_SID, QUESTION, appended_bytes, call, closed
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from service.core.uplink import MAX_GAP_FILL_MS
 from service.sim.realtime_server import SimConnection
 from service.sim.script import AfterAgentSilent, Say, pcm16_to_ulaw
-from service.sim.stack import LocalStack
+from service.sim.stack import LocalStack, start_message
 from service.wire.twilio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, MAX_MESSAGE_CHARS
 
 pytestmark = pytest.mark.timeout(60)
@@ -80,19 +79,13 @@ class RawStream:
         return self._ws
 
     async def open(self) -> None:
-        params = await asyncio.to_thread(_signed_webhook, self.stack)
-        signature = RequestValidator(self.stack.auth_token).compute_signature(
-            self.stack.public_base_url.replace("https://", "wss://") + "/twilio/media", {}
-        )
+        params = await self.stack.voice_webhook(CALL_SID)
         self._ws = await connect(
-            f"ws://127.0.0.1:{self.stack.port}/twilio/media",
-            additional_headers={"X-Twilio-Signature": signature},
-            proxy=None,
-            open_timeout=5,
+            self.stack.media_url, additional_headers=self.stack.stream_headers(), proxy=None, open_timeout=5
         )
         self._reader = asyncio.create_task(self._read())
         await self.send_text(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await self.send_text(start_message(self.sid, params))
+        await self.send_text(start_message(self.sid, CALL_SID, params))
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -145,7 +138,7 @@ class RawStream:
             await asyncio.sleep(FRAME_MS / 1000)
 
     async def hang_up(self) -> None:
-        stop = {"accountSid": "AC" + "1" * 32, "callSid": "CA" + "5" * 32}
+        stop = {"accountSid": "AC" + "1" * 32, "callSid": CALL_SID}
         await self.send_text(json.dumps({"event": "stop", "sequenceNumber": str(self.index + 2),
                                          "streamSid": self.sid, "stop": stop}))  # fmt: skip
         await asyncio.wait_for(self.ws.wait_closed(), 5)
@@ -197,7 +190,21 @@ async def assert_still_serving(stack: LocalStack) -> None:
     assert appended_bytes(conn) == sum(len(chunk) for _, chunk in record.spoken) * PCM_PER_MULAW
 
 
-def summary_of(caplog: pytest.LogCaptureFixture, call_sid: str = "CA" + "5" * 32) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def hand_driven_call(stack: LocalStack, caplog: pytest.LogCaptureFixture) -> AsyncIterator[RawStream]:
+    """A :class:`RawStream` on ``stack``, opened; closed after the block (which ends the call), and then
+    the server must go on serving (:func:`assert_still_serving`) with nothing broken."""
+    raw = RawStream(stack)
+    try:
+        await raw.open()
+        yield raw
+    finally:
+        await raw.close()
+    await assert_still_serving(stack)
+    assert_nothing_broke(caplog, stack)
+
+
+def summary_of(caplog: pytest.LogCaptureFixture, call_sid: str = CALL_SID) -> dict[str, Any]:
     summaries: list[dict[str, Any] | None] = [getattr(r, "summary", None) for r in caplog.records]
     found = [s for s in summaries if s is not None and s["call_sid"] == call_sid]
     assert len(found) == 1
@@ -235,32 +242,25 @@ async def test_deeply_nested_json_mid_call_is_skipped_and_the_call_goes_on(
     deep_object = nested(9_000)  # 54 kB, under the 64 KiB cap: refused by the decoder, not by size
     deep_closed_list = "[" * 20_000 + "]" * 20_000
     assert all(len(t) <= MAX_MESSAGE_CHARS for t in (deep_list, deep_object, deep_closed_list))
-    async with LocalStack() as stack:
-        raw = RawStream(stack)
-        try:
-            await raw.open()
-            await raw.media(count=50)
-            conn = await stack.sim.wait_for_connection(0)
-            hostile = 0
-            for _ in range(5):
-                for text in (deep_list, deep_object, deep_closed_list):
-                    await raw.send_text(text)
-                    hostile += 1
-                await raw.media(count=10)
-            # a real media frame with a deep unused field: the frame is lost (the whole message is
-            # invalid), and the next frame's timestamp shows a 20 ms gap, filled with silence
-            frame = json.dumps(raw.media_message(SILENCE))
-            await raw.send_text(frame[:-1] + ', "extra": ' + nested(5_000) + "}")
-            hostile += 1
-            raw.index += 1
-            await raw.media(count=50)
-            await wait_until(lambda: appended_bytes(conn) >= raw.index * FRAME_PCM)
-            assert raw.ws.state.name == "OPEN"  # the connection stayed open through all of it
-            await ask_and_hang_up(raw, conn)
-        finally:
-            await raw.close()
-        await assert_still_serving(stack)
-        assert_nothing_broke(caplog, stack)
+    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+        await raw.media(count=50)
+        conn = await stack.sim.wait_for_connection(0)
+        hostile = 0
+        for _ in range(5):
+            for text in (deep_list, deep_object, deep_closed_list):
+                await raw.send_text(text)
+                hostile += 1
+            await raw.media(count=10)
+        # a real media frame with a deep unused field: the frame is lost (the whole message is
+        # invalid), and the next frame's timestamp shows a 20 ms gap, filled with silence
+        frame = json.dumps(raw.media_message(SILENCE))
+        await raw.send_text(frame[:-1] + ', "extra": ' + nested(5_000) + "}")
+        hostile += 1
+        raw.index += 1
+        await raw.media(count=50)
+        await wait_until(lambda: appended_bytes(conn) >= raw.index * FRAME_PCM)
+        assert raw.ws.state.name == "OPEN"  # the connection stayed open through all of it
+        await ask_and_hang_up(raw, conn)
     # every frame sent reached the model, and the lost frame's 20 ms came back as silence
     assert appended_bytes(conn) == (raw.frames_sent + 1) * FRAME_PCM
     summary = summary_of(caplog)
@@ -284,25 +284,18 @@ async def test_negative_timestamps_keep_every_frame_and_warn_a_bounded_number_of
     caplog: pytest.LogCaptureFixture, mixed: bool
 ) -> None:
     caplog.set_level(logging.INFO, logger="service")
-    async with LocalStack() as stack:
-        raw = RawStream(stack)
-        try:
-            await raw.open()
-            conn = await stack.sim.wait_for_connection(0)
-            if mixed:
-                await raw.media(count=100)  # good timestamps 0 .. 1980
-                raw.offset_ms, raw.timestamp_of = -100_000, negative_mix
-                await raw.media(count=300)  # all negative: taken as contiguous
-                raw.offset_ms, raw.timestamp_of = 0, str
-                await raw.media(count=100)  # good again, where the count says they should be: no gap
-            else:
-                raw.offset_ms = -100_000  # every frame of the call, the question included
-                await raw.media(count=500)
-            await ask_and_hang_up(raw, conn)
-        finally:
-            await raw.close()
-        await assert_still_serving(stack)
-        assert_nothing_broke(caplog, stack)
+    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+        conn = await stack.sim.wait_for_connection(0)
+        if mixed:
+            await raw.media(count=100)  # good timestamps 0 .. 1980
+            raw.offset_ms, raw.timestamp_of = -100_000, negative_mix
+            await raw.media(count=300)  # all negative: taken as contiguous
+            raw.offset_ms, raw.timestamp_of = 0, str
+            await raw.media(count=100)  # good again, where the count says they should be: no gap
+        else:
+            raw.offset_ms = -100_000  # every frame of the call, the question included
+            await raw.media(count=500)
+        await ask_and_hang_up(raw, conn)
     assert appended_bytes(conn) == raw.frames_sent * FRAME_PCM
     summary = summary_of(caplog)
     assert summary["end_reason"] == "caller hung up"
@@ -318,23 +311,16 @@ async def test_negative_timestamps_keep_every_frame_and_warn_a_bounded_number_of
 async def test_a_timestamp_far_ahead_costs_one_bounded_fill(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="service")
     jump_to = 1_000_000_000  # ms: 11.6 days into the stream
-    async with LocalStack() as stack:
-        raw = RawStream(stack)
-        try:
-            await raw.open()
-            conn = await stack.sim.wait_for_connection(0)
-            await raw.media(count=2)  # timestamps 0 and 20
-            await wait_until(lambda: session_ready(conn))  # nothing held: the fill goes straight out
-            raw.offset_ms = jump_to - raw.index * FRAME_MS
-            await raw.media(count=750)  # 1e9, 1e9 + 20, ...: 15 s of stream
-            raw.offset_ms = 0  # and back to the first clock: a jump backwards, no fill
-            await raw.media(count=50)
-            await wait_until(lambda: appended_bytes(conn) >= raw.frames_sent * FRAME_PCM)
-            await ask_and_hang_up(raw, conn)
-        finally:
-            await raw.close()
-        await assert_still_serving(stack)
-        assert_nothing_broke(caplog, stack)
+    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+        conn = await stack.sim.wait_for_connection(0)
+        await raw.media(count=2)  # timestamps 0 and 20
+        await wait_until(lambda: session_ready(conn))  # nothing held: the fill goes straight out
+        raw.offset_ms = jump_to - raw.index * FRAME_MS
+        await raw.media(count=750)  # 1e9, 1e9 + 20, ...: 15 s of stream
+        raw.offset_ms = 0  # and back to the first clock: a jump backwards, no fill
+        await raw.media(count=50)
+        await wait_until(lambda: appended_bytes(conn) >= raw.frames_sent * FRAME_PCM)
+        await ask_and_hang_up(raw, conn)
     # The first fill of a call has the whole budget (no wall time is counted before it): exactly
     # MAX_GAP_FILL_MS of silence, once; the frames after the jump are contiguous again.
     fill_bytes = MAX_GAP_FILL_MS * BYTES_PER_MS * PCM_PER_MULAW
@@ -354,21 +340,14 @@ async def test_timestamps_that_go_backwards_keep_the_audio_and_fill_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="service")
-    async with LocalStack() as stack:
-        raw = RawStream(stack)
-        try:
-            await raw.open()
-            conn = await stack.sim.wait_for_connection(0)
-            raw.offset_ms = 100_000
+    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+        conn = await stack.sim.wait_for_connection(0)
+        raw.offset_ms = 100_000
+        await raw.media(count=40)
+        for _ in range(10):  # every 40 frames (800 ms) the clock goes back 2 s
+            raw.offset_ms -= 2_000
             await raw.media(count=40)
-            for _ in range(10):  # every 40 frames (800 ms) the clock goes back 2 s
-                raw.offset_ms -= 2_000
-                await raw.media(count=40)
-            await ask_and_hang_up(raw, conn)
-        finally:
-            await raw.close()
-        await assert_still_serving(stack)
-        assert_nothing_broke(caplog, stack)
+        await ask_and_hang_up(raw, conn)
     assert appended_bytes(conn) == raw.frames_sent * FRAME_PCM
     summary = summary_of(caplog)
     assert summary["end_reason"] == "caller hung up"

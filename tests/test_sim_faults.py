@@ -10,7 +10,6 @@ models (tests/openai_schema.py) when the simulator is stopped.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import time
@@ -18,10 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
 import pytest
 from openai_schema import check_server_event
-from websockets.asyncio.client import ClientConnection, connect
+from simkit import AUTH, TRANSCRIPTION_DELTA, Client, check_server_events, silence_24k, upsample_8k_to_24k
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidMessage, InvalidStatus
 
 from service.sim.realtime_server import SESSION_LIMIT_REASON, Fault, RealtimeSimulator, SimConnection
@@ -29,45 +28,8 @@ from service.sim.script import ReplyScript, load_clip
 
 pytestmark = pytest.mark.timeout(30)
 
-KEY = "sk-sim-test-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 AUDIO_DELTA = "response.output_audio.delta"
-TRANSCRIPTION_DELTA = "conversation.item.input_audio_transcription.delta"
 SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
-
-
-class Client:
-    """A raw client: sends dicts, keeps every event received."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.events: list[dict[str, Any]] = []
-
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(event))
-
-    async def recv(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        event: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout_s))
-        self.events.append(event)
-        return event
-
-    async def until(self, kind: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        """Events received up to and including the next one of type ``kind``."""
-        got: list[dict[str, Any]] = []
-        async with asyncio.timeout(timeout_s):
-            while True:
-                got.append(await self.recv(timeout_s))
-                if got[-1]["type"] == kind:
-                    return got
-
-    async def until_closed(self, timeout_s: float = 10.0) -> ConnectionClosed:
-        """Read until the socket is closed; the exception that said so."""
-        async with asyncio.timeout(timeout_s):
-            while True:
-                try:
-                    await self.recv(timeout_s)
-                except ConnectionClosed as closed:
-                    return closed
 
 
 @asynccontextmanager
@@ -76,9 +38,7 @@ async def simulator(**kwargs: Any) -> AsyncIterator[RealtimeSimulator]:
     options: dict[str, Any] = {"seed": 11, "speed": 20.0, "first_delta_delay_ms": 10, **kwargs}
     async with RealtimeSimulator(**options) as sim:
         yield sim
-    for conn in sim.connections:
-        for event in conn.server_events:
-            check_server_event(event)
+    check_server_events(sim)
 
 
 async def open_client(sim: RealtimeSimulator) -> Client:
@@ -89,16 +49,7 @@ async def open_client(sim: RealtimeSimulator) -> Client:
 
 def speech_24k(name: str = "caller_question", lead_ms: int = 300) -> bytes:
     """A fixture utterance (8 kHz) upsampled to the model's 24 kHz PCM16, after some silence."""
-    x = np.frombuffer(load_clip(name).pcm, dtype="<i2").astype(np.float64)
-    t = np.arange(len(x) * 3) / 3
-    return b"\x00\x00" * 24 * lead_ms + np.interp(t, np.arange(len(x)), x).round().astype("<i2").tobytes()
-
-
-async def append(client: Client, pcm: bytes, frame_ms: int = 20, pace_s: float = 0.0) -> None:
-    for i in range(0, len(pcm), 48 * frame_ms):
-        chunk = base64.b64encode(pcm[i : i + 48 * frame_ms]).decode()
-        await client.send({"type": "input_audio_buffer.append", "audio": chunk})
-        await asyncio.sleep(pace_s)
+    return silence_24k(lead_ms) + upsample_8k_to_24k(load_clip(name).pcm)
 
 
 # --- which sockets a fault hits --------------------------------------------------------------------
@@ -160,7 +111,7 @@ async def test_drop_while_the_caller_is_speaking(abort: bool) -> None:
     async with simulator() as sim:
         client = await open_client(sim)
         conn = await sim.wait_for_connection(0)
-        speaking = asyncio.create_task(append(client, speech_24k(), pace_s=0.005))
+        speaking = asyncio.create_task(client.append(speech_24k(), pace_s=0.005))
         assert (await client.until("input_audio_buffer.speech_started"))[-1]["type"].endswith("started")
         conn.drop(1012, "service restart", abort=abort)
         conn.drop(1000, "ignored: only the first drop counts")
@@ -285,7 +236,7 @@ async def test_transcription_deltas_then_completed(model: str, one_delta: bool) 
         }
         await client.send({"type": "session.update", "session": session})
         assert (await client.recv())["type"] == "session.updated"
-        await append(client, speech_24k())
+        await client.append(speech_24k())
         await client.send({"type": "input_audio_buffer.commit"})
         events = await client.until("conversation.item.input_audio_transcription.completed")
         types = [e["type"] for e in events]
@@ -312,7 +263,7 @@ async def test_no_transcription_events_without_transcription() -> None:
         manual = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
         await client.send({"type": "session.update", "session": manual})
         await client.recv()
-        await append(client, speech_24k())
+        await client.append(speech_24k())
         await client.send({"type": "input_audio_buffer.commit"})
         await client.until("conversation.item.done")
         await client.send({"type": "input_audio_buffer.clear"})

@@ -16,8 +16,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from openai_schema import check_server_event
-from websockets.asyncio.client import ClientConnection, connect
+from simkit import (
+    AUTH,
+    KEY,
+    TRANSCRIPTION_DELTA,
+    Client,
+    check_server_events,
+    silence_24k,
+    upsample_8k_to_24k,
+)
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.sim.realtime_server import Fault, RealtimeSimulator
@@ -25,8 +33,6 @@ from service.sim.script import ReplyScript, load_clip, pcm16_to_ulaw
 
 pytestmark = pytest.mark.timeout(60)
 
-KEY = "sk-sim-test-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 RESPONSE_TYPES = [  # the GA order of one audio response, deltas left out
     "response.created",
     "response.output_item.added",
@@ -41,56 +47,13 @@ RESPONSE_TYPES = [  # the GA order of one audio response, deltas left out
     "rate_limits.updated",
 ]
 DELTAS = ("response.output_audio.delta", "response.output_audio_transcript.delta")
-TRANSCRIPTION_DELTA = "conversation.item.input_audio_transcription.delta"
-
-
-def upsample_8k_to_24k(pcm: bytes) -> bytes:
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    t = np.arange(len(x) * 3) / 3
-    return np.interp(t, np.arange(len(x)), x).round().astype("<i2").tobytes()
-
-
-def silence_24k(ms: int) -> bytes:
-    return b"\x00\x00" * 24 * ms
-
-
-class Client:
-    """A raw client: sends dicts, keeps every event received."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.events: list[dict[str, Any]] = []
-
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(event))
-
-    async def recv(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        event: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout_s))
-        self.events.append(event)
-        return event
-
-    async def until(self, kind: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        """Events received up to and including the next one of type ``kind``."""
-        got: list[dict[str, Any]] = []
-        async with asyncio.timeout(timeout_s):
-            while True:
-                got.append(await self.recv(timeout_s))
-                if got[-1]["type"] == kind:
-                    return got
-
-    async def append(self, pcm: bytes, frame_bytes: int = 960) -> None:
-        for i in range(0, len(pcm), frame_bytes):
-            chunk = base64.b64encode(pcm[i : i + frame_bytes]).decode()
-            await self.send({"type": "input_audio_buffer.append", "audio": chunk})
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[RealtimeSimulator]:
     async with RealtimeSimulator(seed=7, speed=20.0, first_delta_delay_ms=10) as simulator:
         yield simulator
-        for conn in simulator.connections:
-            for event in conn.server_events:
-                check_server_event(event)
+        check_server_events(simulator)
 
 
 async def open_client(sim: RealtimeSimulator, query: str = "?model=gpt-realtime", **headers: str) -> Client:

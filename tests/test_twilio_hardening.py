@@ -6,18 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import urllib.parse
 import urllib.request
-import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from service.web import wsfix
 from service.wire import twilio
 
 if TYPE_CHECKING:
@@ -197,38 +193,6 @@ def test_media_counters_never_raise_and_never_cost_the_audio_for_the_timestamp(
 # --- (3) a text frame that is not UTF-8, end to end ------------------------------------------------------
 
 
-def signed_webhook(stack: LocalStack) -> dict[str, Any]:
-    """POST a signed voice webhook; the CallSid and the <Parameter>s (agent, stream token) of its TwiML."""
-    form = {"CallSid": "CA" + "8" * 32, "AccountSid": "AC" + "1" * 32, "From": "+15557654321",
-            "To": "+15551230002", "CallStatus": "ringing", "Direction": "inbound"}  # fmt: skip
-    signature = RequestValidator(stack.auth_token).compute_signature(
-        stack.public_base_url + "/twilio/voice", form
-    )
-    request = urllib.request.Request(
-        stack.http_base + "/twilio/voice",
-        data=urllib.parse.urlencode(form).encode(),
-        headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        root = ET.fromstring(response.read().decode())
-    return {
-        "CallSid": form["CallSid"],
-        "parameters": {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")},
-    }
-
-
-def start_msg(params: dict[str, Any]) -> str:
-    start = {
-        "streamSid": SID,
-        "accountSid": "AC" + "1" * 32,
-        "callSid": params["CallSid"],
-        "tracks": ["inbound"],
-        "customParameters": params["parameters"],
-        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-    }
-    return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": SID, "start": start})
-
-
 def healthz(stack: LocalStack) -> int:
     with urllib.request.urlopen(stack.http_base + "/healthz", timeout=5) as response:
         status: int = response.status
@@ -237,17 +201,15 @@ def healthz(stack: LocalStack) -> int:
 
 @pytest.mark.timeout(30)
 async def test_a_text_frame_that_is_not_utf8_is_answered_with_close_1007() -> None:
-    from service.sim.stack import LocalStack  # here, so the parser tests above need only service.wire
+    # here, so the parser tests above need only service.wire
+    from service.sim.stack import LocalStack, start_message
 
+    call_sid = "CA" + "8" * 32
     async with LocalStack() as stack:
-        params = await asyncio.to_thread(signed_webhook, stack)
-        url = f"ws://127.0.0.1:{stack.port}/twilio/media"
-        signature = RequestValidator(stack.auth_token).compute_signature(
-            stack.public_base_url.replace("https://", "wss://") + "/twilio/media", {}
-        )
-        async with connect(url, additional_headers={"X-Twilio-Signature": signature}) as ws:
+        params = await stack.voice_webhook(call_sid)
+        async with connect(stack.media_url, additional_headers=stack.stream_headers()) as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            await ws.send(start_msg(params))
+            await ws.send(start_message(SID, call_sid, params))
             conn = await stack.sim.wait_for_connection(0)  # the model socket is open: a call in progress
             for ts in range(5):
                 await ws.send(media_msg(timestamp=str(ts * 20)))
@@ -263,6 +225,3 @@ async def test_a_text_frame_that_is_not_utf8_is_answered_with_close_1007() -> No
         assert await asyncio.to_thread(healthz, stack) == 200
 
 
-def test_wsfix_install_is_idempotent() -> None:
-    assert wsfix.install() is True
-    assert wsfix.install() is True

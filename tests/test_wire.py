@@ -264,3 +264,9 @@ def test_every_client_event_we_can_send_is_a_valid_ga_event() -> None:
     for command in commands:
         for event_id in (None, "evt_7"):
             check_client_event(json.loads(realtime.serialize(command, event_id)))
+
+
+def test_a_model_message_nested_thousands_deep_is_invalid_not_an_exception() -> None:
+    for text in ("[" * 50_000, '{"a":' * 20_000 + "1" + "}" * 20_000):
+        event = realtime.parse(text)
+        assert isinstance(event, realtime.Invalid) and "nested" in event.reason

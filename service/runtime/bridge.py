@@ -1,18 +1,19 @@
-"""The thin asyncio layer that runs one call: move messages, hand them to :class:`~service.core.call.Call`,
-execute the commands it returns, in order.
+"""The thin asyncio layer that runs one call: hand each input to :class:`~service.core.call.Call` and
+execute the commands it returns, in order, at once.
 
-Everything that happens to a call goes through one queue and one consumer loop, so the call sees a
-single ordered stream of :mod:`~service.core.inputs` (which is also exactly what the recorder writes and
-the replay feeds back):
+Everything that happens to a call arrives as a callback in the event loop's thread (a message from
+either socket, a socket opened or closed, the timer), so the call sees one ordered stream of
+:mod:`~service.core.inputs` without a queue: each is handled to the end, its messages written to the
+transports, before the next callback runs. That stream is also exactly what the recorder writes and
+the replay feeds back.
 
-    twilio reader ───┐
-    model readers ───┼──> queue ──> loop: Call.handle(input, now) -> commands -> send / open / close / end
-    timer (call_at) ─┘                    (one timer, re-armed at Call.next_deadline())
+    Twilio socket ──on_message──┐
+    model sockets ──on_message──┼──> Bridge.handle(input) -> Call.handle(input, now) -> commands
+    timer (call_later) ─────────┘        -> send text / open (task) / close / authorize / end
 
-Model sockets are opened, read and closed here on the call's orders (``OpenModel`` / ``CloseModel``),
-each by its own task; a socket's end is reported once, as ``ModelClosed`` (unless the call closed it).
-Supervision: whatever way the call ends (a command, a closed socket, cancellation by Quart when Twilio
-disconnects), ``finally`` cancels every task, closes every socket and logs the one summary line.
+Opening a model socket is the one thing that waits (connect, TLS, handshake): a task per attempt, which
+reports back as ``ModelOpened`` or ``ModelClosed``. When the call ends, both sockets are closed, every
+task is cancelled and the one summary line is logged.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
-
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from service.core.call import Call
 from service.core.commands import Authorize, CloseModel, Command, EndCall, OpenModel
@@ -41,44 +40,29 @@ from service.core.inputs import (
     TwilioMessage,
 )
 from service.logs import call_id_var
+from service.runtime.model import HandshakeRefused
 from service.runtime.recorder import Recorder
 from service.runtime.routing import Outgoing, Router
+from service.runtime.wsock import OnClose, OnMessage
 from service.wire import realtime, twilio
 
 log = logging.getLogger(__name__)
 
-REALTIME_CONNECT_TIMEOUT_S = 10.0
-CLOSE_TIMEOUT_S = 2.0
+REALTIME_CONNECT_TIMEOUT_S = 5.0
 PAYLOAD_LOG_CHARS = 200
 """With LOG_PAYLOADS (and LOG_LEVEL=DEBUG), each message is logged as ``< peer text`` / ``> peer text``,
 cut to this many characters (audio payloads are long and say nothing to a reader)."""
 
 
-class SocketClosed(Exception):
-    """Raised by a :class:`TwilioSocket` adapter when the peer has gone."""
+class TextSocket(Protocol):
+    """What the bridge needs of a socket: send a text message, close (never raising)."""
+
+    def send_text(self, text: str) -> None: ...
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
-class TwilioSocket(Protocol):
-    """What the bridge needs of the accepted Twilio websocket (Quart's, or a test's).
-
-    ``receive`` and ``send`` raise :class:`SocketClosed` once the peer has gone.
-    """
-
-    async def receive(self) -> str | bytes: ...
-    async def send(self, data: str) -> None: ...
-    async def close(self, code: int, reason: str = "") -> None: ...
-
-
-class RealtimeSocket(Protocol):
-    """What the bridge needs of the model websocket (a ``websockets`` client connection)."""
-
-    async def recv(self) -> str | bytes: ...
-    async def send(self, message: str) -> None: ...
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
-
-
-OpenRealtime = Callable[[str], Awaitable[RealtimeSocket]]
-"""Open a model socket for a model name."""
+OpenModelSocket = Callable[[str, OnMessage, OnClose], Awaitable[TextSocket]]
+"""Open a model socket for a model name; its messages and its end go to the callbacks given."""
 Authorizer = Callable[[twilio.Start], StartAuthorized | StartRejected]
 """The verdict on a stream's ``start`` (reads the wall clock and the single-use token register)."""
 
@@ -89,8 +73,8 @@ class Bridge:
     def __init__(
         self,
         call: Call,
-        twilio_ws: TwilioSocket,
-        open_realtime: OpenRealtime,
+        twilio_socket: TextSocket,
+        open_model: OpenModelSocket,
         authorize: Authorizer,
         *,
         recorder: Recorder | None = None,
@@ -100,83 +84,150 @@ class Bridge:
         log_payloads: bool = False,
     ) -> None:
         self.call = call
-        self._twilio = twilio_ws
-        self._open_realtime = open_realtime
+        self._twilio = twilio_socket
+        self._open_model = open_model
         self._authorize = authorize
         self._recorder = recorder
         self._clock = clock
         self._wall_clock = wall_clock
         self._connect_timeout_s = connect_timeout_s
         self._router = Router()
-        self._queue: asyncio.Queue[Input] = asyncio.Queue()
-        self._models: dict[int, RealtimeSocket] = {}
-        self._model_tasks: dict[int, asyncio.Task[None]] = {}
+        self._models: dict[int, TextSocket] = {}
+        self._opening: dict[int, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._end: EndCall | None = None
+        self.ended: asyncio.Event = asyncio.Event()
         self._log_payloads = log_payloads and log.isEnabledFor(logging.DEBUG)
 
-    async def run(self) -> None:
-        """Run the call to its end. Never raises for a peer's misbehaviour; re-raises cancellation."""
-        reader = asyncio.create_task(self._read_twilio(), name="twilio-reader")
-        try:
-            await self._handle(StreamAccepted())
-            while self._end is None:
-                await self._handle(await self._queue.get())
-        finally:
-            reader.cancel()
-            await self._shutdown()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+    # --- inputs ----------------------------------------------------------------------------------
 
-    async def _handle(self, event: Input) -> None:
+    def start(self) -> None:
+        """The Twilio socket was accepted."""
+        self.handle(StreamAccepted())
+
+    def twilio_message(self, message: str | bytes) -> None:
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        self.handle(TwilioMessage(twilio.parse(message), text))
+
+    def twilio_closed(self, code: int | None, detail: str) -> None:
+        self.handle(TwilioClosed())
+
+    def _model_message(self, link: int, message: str | bytes) -> None:
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        self.handle(ModelMessage(link, realtime.parse(message), text))
+
+    def _model_closed(self, link: int, code: int | None, detail: str) -> None:
+        self._models.pop(link, None)
+        self.handle(ModelClosed(link, code, detail))
+
+    def handle(self, event: Input) -> None:
+        """One input, handled to the end: the call decides, its commands are carried out."""
+        if self.ended.is_set():
+            return
         now = self._clock()
         if self._recorder is not None:
             self._recorder.input(now, event)
         if self._log_payloads and isinstance(event, TwilioMessage | ModelMessage):
             peer = "twilio" if isinstance(event, TwilioMessage) else f"realtime#{event.link}"
             self._log_payload("<", peer, event.text)
-        await self._execute(self.call.handle(event, now), now)
-        self._arm_timer()
+        self._execute(self.call.handle(event, now), now)
+        if self.call.ended:
+            self._finish(now)
+        else:
+            self._arm_timer()
 
-    async def _execute(self, commands: list[Command], now: float) -> None:
+    # --- commands ------------------------------------------------------------------------------
+
+    def _execute(self, commands: list[Command], now: float) -> None:
+        route = self._router.route
         for command in commands:
-            if self._end is not None:
+            if self.ended.is_set():
                 return
-            match self._router.route(command):
-                case Outgoing() as out:
-                    await self._send(out, now)
+            out = route(command)
+            if type(out) is Outgoing:  # the hot path: a message for a peer
+                self._send(out, now)
+                continue
+            match out:
                 case OpenModel(link=link, model=model, delay_s=delay_s):
-                    task = asyncio.create_task(self._run_model(link, model, delay_s), name=f"model-{link}")
-                    self._model_tasks[link] = task
+                    task = asyncio.get_running_loop().create_task(self._connect(link, model, delay_s))
+                    self._opening[link] = task
                 case CloseModel(link=link):
-                    if link in self._model_tasks:
-                        self._model_tasks.pop(link).cancel()
+                    if link in self._opening:
+                        self._opening.pop(link).cancel()
+                    if link in self._models:
+                        self._models.pop(link).close(1000, "")
                 case Authorize(start=start):
                     verdict = self._authorize(start)
                     if isinstance(verdict, StartAuthorized):
                         call_id_var.set(start.call_sid)  # every later line of this call carries it
-                    await self._handle(verdict)
+                    self.handle(verdict)
                 case EndCall() as end:
-                    self._end = end
+                    self._end = end  # the call has ended: _finish closes everything
+                    return
 
-    async def _send(self, out: Outgoing, now: float) -> None:
+    def _send(self, out: Outgoing, now: float) -> None:
         if self._recorder is not None:
             self._recorder.output(now, out)
         if self._log_payloads:
             self._log_payload(">", out.peer if out.peer == "twilio" else f"realtime#{out.link}", out.text)
         if out.peer == "twilio":
-            try:
-                await self._twilio.send(out.text)
-            except SocketClosed:
-                self._queue.put_nowait(TwilioClosed())
+            self._twilio.send_text(out.text)
             return
-        ws = self._models.get(out.link)
-        if ws is None:
+        socket = self._models.get(out.link)
+        if socket is None:
             log.warning("model socket %d not open: a message for it was dropped", out.link)
             return
-        with contextlib.suppress(ConnectionClosed):  # its reader reports the close
-            await ws.send(out.text)
+        socket.send_text(out.text)
+
+    async def _connect(self, link: int, model: str, delay_s: float) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        # What the socket says before the call has heard that it opened (frames that came with the
+        # handshake's response) waits here, so the call sees ModelOpened first.
+        early: list[Callable[[], None]] | None = []
+
+        def on_message(message: str | bytes) -> None:
+            if early is not None:
+                early.append(lambda: self._model_message(link, message))
+            else:
+                self._model_message(link, message)
+
+        def on_close(code: int | None, detail: str) -> None:
+            if early is not None:
+                early.append(lambda: self._model_closed(link, code, detail))
+            else:
+                self._model_closed(link, code, detail)
+
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                socket = await self._open_model(model, on_message, on_close)
+        except HandshakeRefused as exc:
+            log.error("model socket %d refused: HTTP %d", link, exc.status)
+            self._opening.pop(link, None)
+            self.handle(ModelClosed(link, None, f"HTTP {exc.status}", exc.status))
+            return
+        except (OSError, TimeoutError) as exc:
+            log.error("model socket %d could not be opened: %s", link, type(exc).__name__)
+            self._opening.pop(link, None)
+            self.handle(ModelClosed(link, None, f"connect failed: {type(exc).__name__}"))
+            return
+        except Exception:  # the one supervisor point of a connection attempt: the call must hear of it
+            log.exception("model socket %d: unexpected failure while opening", link)
+            self._opening.pop(link, None)
+            self.handle(ModelClosed(link, None, "connect failed: unexpected error"))
+            return
+        self._opening.pop(link, None)
+        if self.ended.is_set():
+            socket.close(1000, "")
+            return
+        self._models[link] = socket
+        self.handle(ModelOpened(link, self._wall_clock()))
+        pending, early = early or [], None
+        for deliver in pending:
+            deliver()
+
+    # --- timer and end -----------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
         """One timer for the call's next deadline, re-armed only when the deadline changes."""
@@ -193,72 +244,32 @@ class Bridge:
 
     def _fire_timer(self) -> None:
         self._timer, self._timer_at = None, None
-        self._queue.put_nowait(TimerFired())
+        self.handle(TimerFired())
 
-    async def _run_model(self, link: int, model: str, delay_s: float) -> None:
-        put = self._queue.put_nowait
-        if delay_s > 0:
-            await asyncio.sleep(delay_s)
-        try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                ws = await self._open_realtime(model)
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            log.error("model socket %d refused: HTTP %d", link, status)
-            put(ModelClosed(link, None, f"HTTP {status}", status))
+    def hang_up(self) -> None:
+        """End the call from outside (the server is stopping): as if the Twilio socket had closed."""
+        self.handle(TwilioClosed())
+
+    def _finish(self, now: float) -> None:
+        """The call has ended: log its summary, close its sockets, cancel what is still opening."""
+        if self.ended.is_set():
             return
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            log.error("model socket %d could not be opened: %s", link, type(exc).__name__)
-            put(ModelClosed(link, None, f"connect failed: {type(exc).__name__}"))
-            return
-        self._models[link] = ws
-        try:
-            put(ModelOpened(link, self._wall_clock()))
-            while True:
-                message = await ws.recv()
-                text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-                put(ModelMessage(link, realtime.parse(message), text))
-        except ConnectionClosed as exc:
-            frame = exc.rcvd
-            detail = f"code {frame.code}" if frame is not None else "no close frame"
-            put(ModelClosed(link, frame.code if frame is not None else None, detail))
-        finally:
-            self._models.pop(link, None)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await ws.close()
-
-    async def _read_twilio(self) -> None:
-        try:
-            while True:
-                text = await self._twilio.receive()
-                shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
-                self._queue.put_nowait(TwilioMessage(twilio.parse(text), shown))
-        except SocketClosed:
-            pass
-        self._queue.put_nowait(TwilioClosed())
-
-    async def _shutdown(self) -> None:
-        """End the call's bookkeeping first (no await: Quart may cancel this task when Twilio goes),
-        then close the sockets."""
-        now = self._clock()
+        self.ended.set()
         if self._timer is not None:
             self._timer.cancel()
-        if not self.call.ended:
-            self.call.handle(TwilioClosed(), now)
         summary = self.call.summary(now)
         log.info("call summary %s", summary, extra={"summary": summary})
         if self._recorder is not None:
             self._recorder.close(summary)
-        tasks = list(self._model_tasks.values())
-        for task in tasks:
+        for task in self._opening.values():
             task.cancel()
+        self._opening.clear()
+        for socket in self._models.values():
+            with contextlib.suppress(Exception):
+                socket.close(1000, "")
+        self._models.clear()
         code = self._end.twilio_close_code if self._end is not None else 1000
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self._twilio.close(code, "call ended")
-        if tasks:
-            await asyncio.wait(tasks)
+        self._twilio.close(code, "call ended")
 
     def _log_payload(self, arrow: str, peer: str, text: str) -> None:
         shown = text if len(text) <= PAYLOAD_LOG_CHARS else text[:PAYLOAD_LOG_CHARS] + "..."

@@ -21,17 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
-import xml.etree.ElementTree as ET
-from urllib.parse import urlencode
 
-from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
 from service.replay import Recording, ReplayResult, compare
+from service.sim.stack import MEDIA_PATH, inbound_call_form, post_voice_webhook, stream_signature
 
 FRAME_MS = 20
 STEP_TIMEOUT_S = 5.0
@@ -97,22 +94,6 @@ def _fresh_start(message: str, parameters: dict[str, str]) -> str:
     return json.dumps(start)
 
 
-def _post_webhook(
-    http_base: str, auth_token: str, public_base_url: str, form: dict[str, str]
-) -> dict[str, str]:
-    """Post the signed voice webhook; return the ``<Parameter>``s of the TwiML's stream."""
-    signature = RequestValidator(auth_token).compute_signature(public_base_url + "/twilio/voice", form)
-    request = urllib.request.Request(
-        http_base + "/twilio/voice",
-        data=urlencode(form).encode(),
-        headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=10) as response:
-        root = ET.fromstring(response.read().decode())
-    return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
-
-
 def _shift_expiry(message: str, shift_s: float | None) -> str:
     """``session.created`` with ``expires_at`` moved by ``shift_s``: the session's limit falls as long
     after the replayed socket opened as it did after the recorded one (an hour from now when the
@@ -149,19 +130,15 @@ async def replay_over_sockets(
     )
     start = json.loads(start_text)["start"]
     recorded = start.get("customParameters", {})
-    form = {
-        "CallSid": start["callSid"],
-        "AccountSid": start.get("accountSid", ""),
-        "From": recorded.get("from", "+15550000000"),
-        "To": recorded.get("to", "+15550000001"),
-        "CallStatus": "ringing",
-        "Direction": "inbound",
-    }
-    parameters = await asyncio.to_thread(_post_webhook, http_base, auth_token, public_base_url, form)
-    ws_url = http_base.replace("http://", "ws://") + "/twilio/media"
-    signature = RequestValidator(auth_token).compute_signature(
-        public_base_url.replace("https://", "wss://") + "/twilio/media", {}
+    form = inbound_call_form(
+        start["callSid"],
+        account_sid=start.get("accountSid", ""),
+        from_=recorded.get("from", "+15550000000"),
+        to=recorded.get("to", "+15550000001"),
     )
+    parameters = await asyncio.to_thread(post_voice_webhook, http_base, auth_token, public_base_url, form)
+    ws_url = http_base.replace("http://", "ws://") + MEDIA_PATH
+    signature = stream_signature(auth_token, public_base_url)
     sent: list[tuple[str, str]] = []
     models: dict[int, ServerConnection] = {}
     wall_shift_s: dict[int, float | None] = {}

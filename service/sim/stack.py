@@ -1,36 +1,52 @@
-"""The whole local stack in one process: the Realtime simulator and the real Dialtone server (hypercorn).
+"""The whole local stack in one process: the Realtime simulator and the real Dialtone server
+(:class:`service.web.serving.Service`, as ``python -m service.serve`` runs it).
 
 Used by ``make demo`` and by the end-to-end tests. Everything listens on 127.0.0.1 only::
 
     async with LocalStack(agents_file=...) as stack:
         record = await place_call(stack.http_base, auth_token=stack.auth_token,
                                   public_base_url=stack.public_base_url, script=[...])
+
+A test that drives the media stream by hand, message by message, uses the Twilio side's pieces here
+instead (:func:`post_voice_webhook`, :func:`stream_signature`, :func:`start_message`, or the
+:class:`LocalStack` methods that wrap them)::
+
+    parameters = await stack.voice_webhook(call_sid)
+    async with connect(stack.media_url, additional_headers=stack.stream_headers()) as ws:
+        await ws.send(start_message(stream_sid, call_sid, parameters))
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from quart import Quart
+from twilio.request_validator import RequestValidator
 
 from service.agents import AgentStore
 from service.config import Settings
 from service.sim.realtime_server import RealtimeSimulator
-from service.web import wsfix
 from service.web.app import create_app
+from service.web.serving import Service
 
 AUTH_TOKEN = "local-twilio-auth-token"
 API_KEY = "sk-sim-test-key"
 PUBLIC_BASE_URL = "https://dialtone.local.test"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 DEFAULT_AGENTS_FILE = FIXTURES / "agents.toml"
+ACCOUNT_SID = "AC" + "1" * 32
+CALLER_NUMBER = "+15557654321"
+VOICE_PATH = "/twilio/voice"
+MEDIA_PATH = "/twilio/media"
 
 
 class RealtimePeer(Protocol):
@@ -49,8 +65,69 @@ def free_port() -> int:
         return port
 
 
+def inbound_call_form(
+    call_sid: str, *, to: str, from_: str = CALLER_NUMBER, account_sid: str = ACCOUNT_SID
+) -> dict[str, str]:
+    """The form fields Twilio posts to the voice webhook when a call to ``to`` starts ringing."""
+    return {
+        "CallSid": call_sid,
+        "AccountSid": account_sid,
+        "From": from_,
+        "To": to,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+    }
+
+
+def post_voice_webhook(
+    http_base: str, auth_token: str, public_base_url: str, form: Mapping[str, str], *, timeout_s: float = 10.0
+) -> dict[str, str]:
+    """Post a signed Twilio voice webhook; return the ``<Parameter>``s of the TwiML's stream.
+
+    The request goes to ``http_base`` (the server as it listens, e.g. ``http://127.0.0.1:8080``) and is
+    signed, as Twilio signs it, over ``public_base_url`` (the URL the server is configured to be reached
+    at). The parameters (the agent, the single-use stream token...) are what the ``start`` message must
+    carry as ``customParameters``. Blocking: call it in a thread from async code.
+    """
+    signature = RequestValidator(auth_token).compute_signature(public_base_url + VOICE_PATH, dict(form))
+    request = urllib.request.Request(
+        http_base + VOICE_PATH,
+        data=urlencode(form).encode(),
+        headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+    with opener.open(request, timeout=timeout_s) as response:
+        root = ET.fromstring(response.read().decode())
+    return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
+
+
+def stream_signature(auth_token: str, public_base_url: str) -> str:
+    """The ``X-Twilio-Signature`` of the media-stream websocket upgrade.
+
+    Twilio signs the stream's public ``wss://`` URL (``public_base_url`` with ``https://`` turned into
+    ``wss://``, then :data:`MEDIA_PATH`) with no parameters.
+    """
+    url = public_base_url.replace("https://", "wss://") + MEDIA_PATH
+    return str(RequestValidator(auth_token).compute_signature(url, {}))
+
+
+def start_message(
+    stream_sid: str, call_sid: str, parameters: Mapping[str, str], *, account_sid: str = ACCOUNT_SID
+) -> str:
+    """Twilio's ``start`` message of an inbound mu-law stream, ``parameters`` as its ``customParameters``."""
+    start = {
+        "streamSid": stream_sid,
+        "accountSid": account_sid,
+        "callSid": call_sid,
+        "tracks": ["inbound"],
+        "customParameters": dict(parameters),
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": start})
+
+
 class LocalStack:
-    """Realtime simulator + Dialtone under hypercorn, both on 127.0.0.1, started and stopped together."""
+    """Realtime simulator + Dialtone, both on 127.0.0.1, started and stopped together."""
 
     def __init__(
         self,
@@ -69,57 +146,36 @@ class LocalStack:
         self.public_base_url = PUBLIC_BASE_URL
         self.settings: Settings | None = None
         self.app: Quart | None = None
-        self._shutdown = asyncio.Event()
-        self._server: asyncio.Task[None] | None = None
+        self.service: Service | None = None
 
     @property
     def http_base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def media_url(self) -> str:
+        """The media-stream websocket as the server listens (``ws://127.0.0.1:<port>/twilio/media``)."""
+        return f"ws://127.0.0.1:{self.port}{MEDIA_PATH}"
+
     async def start(self) -> None:
         await self.model_peer.start()
-        self.port = free_port()
         env = {
             "OPENAI_API_KEY": API_KEY,
             "OPENAI_REALTIME_URL": self.model_peer.url,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
             "AGENTS_FILE": str(self.agents_file),
-            "PORT": str(self.port),
             **self._env,
         }
         self.settings = Settings.from_env(env)
         self.app = create_app(self.settings, agents=AgentStore(self.settings.agents_file))
-        config = Config()
-        config.bind = [f"127.0.0.1:{self.port}"]
-        config.accesslog = None
-        config.errorlog = None
-        config.graceful_timeout = 1.0
-        wsfix.install()  # as service.serve does
-        self._server = asyncio.create_task(serve(self.app, config, shutdown_trigger=self._shutdown.wait))
-        await self._wait_listening()
-
-    async def _wait_listening(self) -> None:
-        for _ in range(200):
-            if self._server is not None and self._server.done():
-                self._server.result()  # raises what stopped it
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-        raise TimeoutError(f"hypercorn did not listen on 127.0.0.1:{self.port}")
+        self.service = Service(self.app, host="127.0.0.1", port=0)
+        await self.service.start()
+        self.port = self.service.port
 
     async def stop(self) -> None:
-        self._shutdown.set()
-        if self._server is not None:
-            try:
-                await asyncio.wait_for(self._server, 5)
-            except TimeoutError:
-                self._server.cancel()
+        if self.service is not None:
+            await self.service.stop()
         await self.model_peer.stop()
 
     async def __aenter__(self) -> LocalStack:
@@ -134,3 +190,19 @@ class LocalStack:
     def call_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for :func:`service.sim.caller.place_call` against this stack."""
         return {"auth_token": self.auth_token, "public_base_url": self.public_base_url, **overrides}
+
+    async def voice_webhook(self, call_sid: str, *, to: str = "+15551230002") -> dict[str, str]:
+        """Post the signed voice webhook of an inbound call ``call_sid`` to ``to`` (by default the fixture
+        number without a greeting); return the ``<Parameter>``s of the TwiML's stream.
+
+        See :func:`post_voice_webhook`. The stream token among them can be used once, by a ``start``
+        for that same ``call_sid``.
+        """
+        form = inbound_call_form(call_sid, to=to)
+        return await asyncio.to_thread(
+            post_voice_webhook, self.http_base, self.auth_token, self.public_base_url, form
+        )
+
+    def stream_headers(self) -> dict[str, str]:
+        """Headers for opening :attr:`media_url` as Twilio would: the signed upgrade."""
+        return {"X-Twilio-Signature": stream_signature(self.auth_token, self.public_base_url)}

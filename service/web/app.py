@@ -3,8 +3,8 @@
     create_app(settings, agents=...)    # tests pass their own; None loads .env + environment
     state_of(app)                       # AppState: settings, agents, seen stream tokens, wall clock
 
-The media-stream websocket (``MEDIA_PATH``) is added next to these routes by the bridge: it checks the
-upgrade with ``security.check_stream_upgrade`` and the ``start`` token with ``state.seen_tokens.admit``.
+The media-stream WebSocket (``MEDIA_PATH``) is not a Quart route: :mod:`service.web.serving` serves it on
+the same port, on a lean path (:mod:`service.web.media`), and relays everything else to this app.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from service.agents import Agent, AgentStore
 from service.config import DEPRECATED_MODELS, MEDIA_PATH, VOICE_PATH, Settings, load_settings
 from service.logs import bind_call, configure_logging
-from service.web.media import media_stream
 from service.web.security import (
     SIGNATURE_HEADER,
     SeenTokens,
@@ -85,10 +84,6 @@ def create_app(
     @app.post(VOICE_PATH)
     async def voice() -> Response:
         return await _voice_webhook(state)
-
-    @app.websocket(MEDIA_PATH)
-    async def media() -> Response | None:
-        return await media_stream(state)
 
     return app
 

@@ -1,28 +1,35 @@
-"""The media-stream websocket route: check the upgrade, then run one call through the bridge.
+"""The media-stream WebSocket: check the upgrade, then run one call through the bridge.
 
-upgrade ── signature ok? ──no──> 403 before accept
+upgrade ── signature ok? ──no──> 403 before the handshake completes
    │yes
-accept ──> Bridge(Call(...)).run()      (the model socket opens at once, in parallel with ``start``)
-                 │
-           ``start``: the per-call token must match ``start.callSid`` and the agent, once,
-           unexpired; otherwise the socket closes with 1008 before any audio reaches the model.
+101 ──> Bridge(Call(...)).start()      (the model socket opens at once, in parallel with ``start``)
+             │
+        ``start``: the per-call token must match ``start.callSid`` and the agent, once,
+        unexpired; otherwise the socket closes with 1008 before any audio reaches the model.
+
+The stream is served on the lean path of :mod:`service.runtime.server` (not through Quart): a
+:class:`MediaConnection` takes the TCP connection from its first bytes, and every message then goes
+from the transport through the WebSocket protocol to the call in the same callback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from typing import TYPE_CHECKING
 
-from quart import Response, websocket
-from websockets.asyncio.client import connect
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
 from service.core.audio import Transcoder
 from service.core.call import Call
 from service.core.inputs import StartAuthorized, StartRejected
-from service.runtime.bridge import Authorizer, Bridge, RealtimeSocket, SocketClosed
+from service.runtime.bridge import Authorizer, Bridge, TextSocket
+from service.runtime.model import open_model
 from service.runtime.recorder import Recorder
+from service.runtime.wsock import OnClose, OnMessage, WebSocket
 from service.web.security import TokenCheck, check_stream_upgrade
 from service.wire import twilio
 
@@ -31,24 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_MODEL_MESSAGE_BYTES = 16 * 1024 * 1024
-"""An audio delta is tens of kB; the API allows events up to 15 MiB."""
-
-
-class QuartTwilioSocket:
-    """Adapts Quart's accepted websocket to :class:`service.runtime.bridge.TwilioSocket`."""
-
-    async def receive(self) -> str | bytes:
-        return await websocket.receive()
-
-    async def send(self, data: str) -> None:
-        try:
-            await websocket.send(data)
-        except ConnectionError as exc:
-            raise SocketClosed from exc
-
-    async def close(self, code: int, reason: str = "") -> None:
-        await websocket.close(code, reason)
+MAX_TWILIO_MESSAGE_BYTES = 1024 * 1024
+"""A Twilio message is about 300 bytes; twilio.parse refuses anything over 64 KiB anyway."""
 
 
 def authorizer(state: AppState) -> Authorizer:
@@ -72,42 +63,104 @@ def authorizer(state: AppState) -> Authorizer:
     return authorize
 
 
-async def media_stream(state: AppState) -> Response | None:
-    settings = state.settings
-    check = check_stream_upgrade(settings, websocket.headers, websocket.query_string)
-    if not check.allowed:
-        log.warning("media stream upgrade rejected: signature %s", check.value)
-        return Response("Forbidden\n", status=403, mimetype="text/plain")
-    await websocket.accept()
+class MediaEndpoint:
+    """Makes a :class:`MediaConnection` for each media-stream connection; keeps the live bridges."""
 
-    async def open_realtime(model: str) -> RealtimeSocket:
-        return await connect(
-            settings.realtime_connect_url(model),
-            additional_headers=settings.realtime_auth_headers,
-            max_size=MAX_MODEL_MESSAGE_BYTES,
-            compression=None,  # base64 audio barely deflates; compressing it costs CPU on every frame
-            open_timeout=None,  # the bridge times the whole connect
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.bridges: set[Bridge] = set()
+
+    def connection(self, transport: asyncio.Transport) -> MediaConnection:
+        return MediaConnection(self, transport)
+
+    async def open_model(self, model: str, on_message: OnMessage, on_close: OnClose) -> TextSocket:
+        settings = self.state.settings
+        return await open_model(
+            settings.realtime_connect_url(model), settings.realtime_auth_headers, on_message, on_close
         )
 
-    call = Call(
-        transcoder=Transcoder(),
-        default_model=settings.openai_realtime_model,
-        config=settings.call_config,
-        rng=random.Random(),
-    )
-    recorder = None
-    if settings.record_calls_dir:
-        recorder = Recorder.in_directory(
-            settings.record_calls_dir, time.monotonic(), settings.openai_realtime_model, call.config
+    def new_bridge(self, twilio_socket: TextSocket) -> Bridge:
+        settings = self.state.settings
+        call = Call(
+            transcoder=Transcoder(),
+            default_model=settings.openai_realtime_model,
+            config=settings.call_config,
+            rng=random.Random(),
         )
-    bridge = Bridge(
-        call,
-        QuartTwilioSocket(),
-        open_realtime,
-        authorizer(state),
-        recorder=recorder,
-        connect_timeout_s=settings.model_connect_timeout_s,
-        log_payloads=settings.log_payloads,
-    )
-    await bridge.run()
-    return None
+        recorder = None
+        if settings.record_calls_dir:
+            recorder = Recorder.in_directory(
+                settings.record_calls_dir, time.monotonic(), settings.openai_realtime_model, call.config
+            )
+        return Bridge(
+            call,
+            twilio_socket,
+            self.open_model,
+            authorizer(self.state),
+            recorder=recorder,
+            connect_timeout_s=settings.model_connect_timeout_s,
+            log_payloads=settings.log_payloads,
+        )
+
+
+class MediaConnection:
+    """One media-stream TCP connection: the upgrade, then the call."""
+
+    def __init__(self, endpoint: MediaEndpoint, transport: asyncio.Transport) -> None:
+        self._endpoint = endpoint
+        self.bridge: Bridge | None = None
+        protocol = ServerProtocol(extensions=None, max_size=MAX_TWILIO_MESSAGE_BYTES)
+        self._ws = WebSocket(protocol, transport, self._on_message, self._on_close)
+        self._upgraded = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            self._ws.receive(data)
+            return
+        protocol = self._ws.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        if not events:
+            self._ws.flush()  # an unusable request is answered by the protocol itself
+            return
+        request, frames = events[0], events[1:]
+        assert isinstance(request, Request)  # the first event of a server protocol is the request
+        self._upgraded = True
+        self._upgrade(request)
+        self._ws.handle(frames)
+
+    def _upgrade(self, request: Request) -> None:
+        settings = self._endpoint.state.settings
+        protocol = self._ws.protocol
+        assert isinstance(protocol, ServerProtocol)
+        _, _, query = request.path.partition("?")
+        check = check_stream_upgrade(settings, request.headers, query)
+        if not check.allowed:
+            log.warning("media stream upgrade rejected: signature %s", check.value)
+            protocol.send_response(protocol.reject(403, "Forbidden\n"))
+            self._ws.flush()
+            return
+        response = protocol.accept(request)
+        protocol.send_response(response)
+        self._ws.flush()
+        if response.status_code != 101:
+            log.warning("media stream upgrade refused: %d", response.status_code)
+            return
+        self.bridge = bridge = self._endpoint.new_bridge(self._ws)
+        self._endpoint.bridges.add(bridge)
+        bridge.start()
+
+    def _on_message(self, message: str | bytes) -> None:
+        if self.bridge is not None:
+            self.bridge.twilio_message(message)
+
+    def _on_close(self, code: int | None, detail: str) -> None:
+        bridge = self.bridge
+        if bridge is not None:
+            bridge.twilio_closed(code, detail)
+            self._endpoint.bridges.discard(bridge)
+
+    def connection_lost(self) -> None:
+        self._ws.connection_lost()
+        if self.bridge is not None:
+            self._endpoint.bridges.discard(self.bridge)
