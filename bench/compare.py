@@ -58,6 +58,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
@@ -116,6 +117,7 @@ SERVER_VARS = (
     "WEB_CONCURRENCY",
     "TEMPERATURE",
 )
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WARNING_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
 COMPARE_HEADER = """# Dialtone vs the Twilio sample: measured results
 
@@ -196,6 +198,8 @@ class ServerProc:
         def pin() -> None:
             if cores:
                 os.sched_setaffinity(0, cores)
+            with contextlib.suppress(OSError, AttributeError):  # die with the benchmark, even on SIGKILL
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -264,8 +268,8 @@ class ServerProc:
     def log_tail(self, n: int = 20) -> str:
         return "\n".join(self.log_lines()[-n:])
 
-    def stop(self) -> None:
-        """SIGTERM to its process group, SIGKILL after 10 s."""
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM to its process group, SIGKILL after ``grace_s``."""
         proc = self.proc
         if proc is None:
             return
@@ -274,7 +278,7 @@ class ServerProc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+                proc.wait(grace_s)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # anything of its group left behind
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -419,7 +423,7 @@ class Load:
                 with contextlib.suppress(ValueError):
                     self.ticker.active.remove(call)
             await ll.hang_up(call)
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(receiver, 5)
 
         async def windowed() -> None:
@@ -549,6 +553,9 @@ async def run_one(kind: str, n: int, seed: int, opts: Options, load: Load, worke
         windows: list[tuple[float, float]] = []
         calls = await load.calls(target, n, opts.seconds, opts.ramp_s, seed, window=window)
         collect(result, calls, windows[0] if windows else None, load.fake.unmatched - unmatched0)
+    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: stop the server at once
+        await asyncio.to_thread(server.stop, 1.0)
+        raise
     except Exception as exc:
         result.problem("run failed", f"{type(exc).__name__}: {exc}"[:400])
     finally:
@@ -841,6 +848,9 @@ async def probe_workers(opts: Options, load: Load, workers: int) -> tuple[bool, 
 
 async def bench(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]:
     notes: list[str] = []
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)  # as Ctrl-C does
     cores = sorted(os.sched_getaffinity(0))
     server_cores: set[int] | None = None
     if args.pin and len(cores) >= 2:
@@ -1005,9 +1015,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(shlex.quote(a) for a in argv)}",
         flush=True,
     )
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     try:
         results, notes = asyncio.run(bench(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         _kill_live_servers()
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
@@ -1024,10 +1035,5 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.problems for r in results) else 0
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _sigterm)
     raise SystemExit(main())

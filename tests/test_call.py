@@ -85,15 +85,15 @@ def test_bad_twilio_input_is_skipped_and_the_call_goes_on() -> None:
     assert not d.call.ended
 
 
-def test_outbound_audio_goes_as_20ms_frames_each_followed_by_a_mark() -> None:
+def test_outbound_audio_goes_as_whole_20ms_frames_each_message_followed_by_a_mark() -> None:
     d = live_call()
     out = d.model(realtime.ResponseCreated("resp_1"), 1.0)
     out = d.model(delta(50), 1.0)
     assert isinstance(out[0], twilio.SendMark) and out[0].name.startswith("item_a:0:g0:")
     frames = sent(out, twilio.SendMedia)
-    assert [len(f.payload) for f in frames] == [160, 160]
+    assert [len(f.payload) for f in frames] == [320]  # the whole frames of the delta, at once
     marks = [c.name for c in out[1:] if isinstance(c, twilio.SendMark)]
-    assert [m.split(":")[1] for m in marks] == ["20", "40"]
+    assert [m.split(":")[1] for m in marks] == ["40"]
     finished = d.model(realtime.AudioDone("resp_1", "item_a"), 1.1)
     frames = sent(finished, twilio.SendMedia)
     assert len(frames) == 1 and frames[0].payload[80:] == b"\xff" * 80  # 10 ms left, padded
@@ -105,16 +105,17 @@ def test_barge_in_clears_and_truncates_at_what_was_heard() -> None:
     d.model(realtime.ResponseCreated("resp_1"), 1.0)
     out = d.model(delta(200), 1.0)
     marks = [c.name for c in out if isinstance(c, twilio.SendMark)]
-    for name in marks[:4]:  # start mark + 3 frames played (60 ms)
+    assert len(marks) == 3  # the start, then 200 ms in two messages of 100 ms
+    for name in marks[:2]:  # start mark + the first 100 ms played
         d.twilio(twilio.Mark(SID, name), 1.1)
-    barge = d.model(realtime.SpeechStarted("item_u", 900), 1.105)
+    barge = d.model(realtime.SpeechStarted("item_u", 900), 1.135)
     assert barge[0] == twilio.SendClear(SID)
-    # 60 ms echoed + 5 ms of the frame playing since
-    assert realtime.TruncateItem("item_a", 65) in unwrap(barge)
+    # 100 ms echoed + 35 ms of the next chunk playing since
+    assert realtime.TruncateItem("item_a", 135) in unwrap(barge)
     assert not sent(barge, realtime.CancelResponse)  # interrupt_response: the server cancels itself
     assert d.audio.resets == 1
     # marks flushed by the clear echo back now: they must not count as played
-    for name in marks[4:]:
+    for name in marks[2:]:
         d.twilio(twilio.Mark(SID, name), 1.21)
     # late audio of the interrupted response is dropped
     assert d.model(delta(40), 1.3) == []
@@ -137,14 +138,15 @@ def test_barge_in_before_anything_was_heard_clears_but_does_not_truncate() -> No
 def test_barge_in_after_all_audio_was_sent_but_still_playing() -> None:
     d = live_call()
     d.model(realtime.ResponseCreated("resp_1"), 1.0)
-    out = d.model(delta(100), 1.0)
+    out = d.model(delta(300), 1.0)
     out += d.model(realtime.AudioDone("resp_1", "item_a"), 1.0)
     d.model(realtime.ResponseDone("resp_1", "completed", None, realtime.Usage()), 1.0)
     marks = [c.name for c in out if isinstance(c, twilio.SendMark)]
+    assert [m.split(":")[1] for m in marks] == ["0", "100", "200", "300"]
     for name in marks[:3]:
-        d.twilio(twilio.Mark(SID, name), 1.05)
-    barge = d.model(realtime.SpeechStarted("item_u", 900), 1.05)
-    assert unwrap(barge) == [twilio.SendClear(SID), realtime.TruncateItem("item_a", 40)]
+        d.twilio(twilio.Mark(SID, name), 1.25)
+    barge = d.model(realtime.SpeechStarted("item_u", 900), 1.25)
+    assert unwrap(barge) == [twilio.SendClear(SID), realtime.TruncateItem("item_a", 200)]
 
 
 def test_barge_in_cancels_itself_when_the_server_will_not() -> None:

@@ -41,7 +41,7 @@ def test_a_barge_in_cuts_the_agent_turn_to_what_was_heard() -> None:
     d.model(realtime.OutputItemAdded("r1", "a1", "message", "assistant"), 1.0)
     d.model(realtime.AgentTranscriptDelta("a1", "abcd efgh ijkl mnop"), 1.0)
     out = d.model(delta(400, "a1", "r1"), 1.0)
-    for mark in sent(out, twilio.SendMark)[:11]:  # 200 of 400 ms heard
+    for mark in sent(out, twilio.SendMark)[:3]:  # 200 of 400 ms heard
         d.twilio(twilio.Mark(SID, mark.name), 1.3)
     d.model(realtime.SpeechStarted("u2", 0), 1.3)
     d.model(delta(400, "a1", "r1"), 1.31)  # the server's audio after the cut is not heard...

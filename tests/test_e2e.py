@@ -82,7 +82,8 @@ async def test_greeting_then_question_and_answer() -> None:
     assert appended_bytes(conn) == caller_bytes * 6
 
 
-async def test_barge_in_clears_and_truncates_to_what_was_heard() -> None:
+@pytest.mark.parametrize("lag_ms", [0, 150])
+async def test_barge_in_clears_and_truncates_to_what_was_heard(lag_ms: int) -> None:
     replies = (load_clip("reply_long"), load_clip("reply_short"))
     sim = RealtimeSimulator(api_key=API_KEY, script=ReplyScript(greeting=None, replies=replies))
     async with LocalStack(sim=sim) as stack:
@@ -96,6 +97,7 @@ async def test_barge_in_clears_and_truncates_to_what_was_heard() -> None:
                 HangUp(AfterAgentStarted(200)),
             ],
             end_silence_ms=300,
+            playback_lag_ms=lag_ms,  # the caller's playback starts this late: marks echo as it plays
         )
         conn = stack.sim.connections[0]
         await closed(conn)

@@ -69,3 +69,15 @@ def test_nothing_is_added_when_nothing_was_queued_behind_the_echo() -> None:
     ledger.echo(first, 1.0)
     item = ledger.item("a")
     assert item is not None and ledger.heard_ms(item, 1.5) == 20 + 0  # sent 20, heard 20: nothing queued
+
+
+def test_between_echoes_the_chunk_playing_counts_from_when_it_was_sent_if_the_buffer_ran_dry() -> None:
+    ledger = PlaybackLedger()
+    ledger.add_generated("a", "r", 48 * 300)
+    first = ledger.frame_sent("a", 100, now=1.0)
+    ledger.echo(first, 1.1)  # played by 1.1; nothing else had been sent: Twilio's buffer ran dry
+    ledger.frame_sent("a", 100, now=1.3)  # the next chunk arrives 200 ms later
+    item = ledger.item("a")
+    assert item is not None
+    assert ledger.heard_ms(item, 1.35) == 150  # 50 ms of it since it was sent, not 100 since the echo
+    assert ledger.heard_ms(item, 2.0) == 200  # never more than the chunk

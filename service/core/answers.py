@@ -77,13 +77,13 @@ class Answers:
             return []
         if delta.response_id == self.active and delta.item_id not in self._items:
             self._items.append(delta.item_id)
-        return self._playout.audio(delta.item_id, delta.response_id, delta.audio)
+        return self._playout.audio(delta.item_id, delta.response_id, delta.audio, now)
 
-    def audio_done(self, item_id: str, response_id: str) -> list[Command]:
+    def audio_done(self, item_id: str, response_id: str, now: float) -> list[Command]:
         if self._playout is None or response_id in self._discarded:
             self.ledger.finish(item_id)
             return []
-        return self._playout.finish(item_id)
+        return self._playout.finish(item_id, now)
 
     def done(self, event: realtime.ResponseDone) -> None:
         self._stats.responses += 1

@@ -318,7 +318,7 @@ class Call(Failover):
                 self.conversation.agent_text(item_id, text, now)
                 return []
             case realtime.AudioDone(item_id=item_id, response_id=response_id):
-                return answers.audio_done(item_id, response_id)
+                return answers.audio_done(item_id, response_id, now)
             case realtime.SpeechStarted(audio_start_ms=audio_start_ms):
                 self._caller_speaking = True
                 self.utterance.started(audio_start_ms)

@@ -16,7 +16,8 @@ which is what ``conversation.item.truncate.audio_end_ms`` counts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 MODEL_BYTES_PER_MS = 48
 FRAME_MS = 20
@@ -32,6 +33,8 @@ class ItemAudio:
     sent_ms: int = 0
     played_ms: int = 0
     done: bool = False
+    chunks: deque[tuple[int, int, float]] = field(default_factory=deque)
+    """Chunks sent and not yet echoed: (end ms, duration ms, when sent)."""
 
     @property
     def generated_ms(self) -> int:
@@ -81,11 +84,14 @@ class PlaybackLedger:
         item.generated_bytes += n_bytes
         return item
 
-    def frame_sent(self, item_id: str, frame_ms: int) -> str:
-        """Account one frame of ``frame_ms`` sent to Twilio; returns the name of the mark to follow it."""
+    def frame_sent(self, item_id: str, frame_ms: int, now: float = float("-inf")) -> str:
+        """Account ``frame_ms`` of audio sent to Twilio at ``now`` (one media message); returns the name
+        of the mark to follow it."""
         item = self._items[item_id]
         item.sent_ms += frame_ms
-        return self._mark(item_id, min(item.sent_ms, item.generated_ms))
+        end_ms = min(item.sent_ms, item.generated_ms)
+        item.chunks.append((end_ms, frame_ms, now))
+        return self._mark(item_id, end_ms)
 
     def start_mark(self, item_id: str) -> str:
         """Name of the mark sent just before an item's first frame: it echoes when playback starts."""
@@ -114,6 +120,9 @@ class PlaybackLedger:
         item = self._items.get(item_id)
         if counted and item is not None:
             item.played_ms = max(item.played_ms, min(end_ms, item.generated_ms))
+            chunks = item.chunks
+            while chunks and chunks[0][0] <= end_ms:
+                chunks.popleft()
             self._last_echo = (item_id, now)
             if item.fully_played:
                 del self._items[item_id]
@@ -130,13 +139,19 @@ class PlaybackLedger:
     def heard_ms(self, item: ItemAudio, now: float) -> int:
         """Best estimate of how much of ``item`` the caller has heard at ``now``.
 
-        The echoed marks give a lower bound that lags by up to one frame (the frame playing now has
-        not echoed yet). When the newest echo is this item's and more of it was queued behind that
-        mark, playback has gone on since the echo: add the time elapsed, at most one frame.
+        The echoed marks give a lower bound that lags by up to one chunk (the chunk playing now has not
+        echoed yet). When the newest echo is this item's and more of it was sent behind that mark, the
+        next chunk has been playing since the echo, or since it was sent if that was later (Twilio's
+        buffer had run dry): add the time elapsed, at most that chunk.
         """
         heard = item.played_ms
         if self._last_echo is not None and self._last_echo[0] == item.item_id and item.sent_ms > heard:
-            heard += min(FRAME_MS, max(0, round((now - self._last_echo[1]) * 1000)))
+            if item.chunks:
+                _, chunk_ms, sent_at = item.chunks[0]
+            else:
+                chunk_ms, sent_at = FRAME_MS, float("-inf")
+            started = max(self._last_echo[1], sent_at)
+            heard += min(chunk_ms, max(0, round((now - started) * 1000)))
         return heard
 
     def interrupt(self, now: float) -> list[Truncation]:

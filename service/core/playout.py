@@ -1,12 +1,17 @@
 """Playout: the model's audio to the caller, and barge-in. Pure.
 
-Model audio (24 kHz PCM16, any chunking) goes through the downward transcoder and out to Twilio as whole
-20 ms frames (160 bytes of mu-law), each followed by a mark, so the :class:`PlaybackLedger` learns frame by
-frame what the caller has heard. A mark sent just before an item's first frame echoes when that item
-starts to play. At the end of an item the filter tail and the last partial frame are flushed, padded
-with mu-law silence. On barge-in, :meth:`Playout.interrupt` clears Twilio's buffer, says where to
-truncate each item, and resets the downward filter so the interrupted tail does not leak into the next
-response.
+Model audio (24 kHz PCM16, any chunking) goes through the downward transcoder and out to Twilio in media
+messages of whole 20 ms frames, at most :data:`CHUNK_MS` each, each followed by a mark, so the
+:class:`PlaybackLedger` learns chunk by chunk what the caller has heard (and, between two echoes, how
+long the chunk after the last one has been playing). A delta's audio goes out as soon as it arrives
+(whatever whole frames it makes), so the first audio waits for nothing. Fewer, larger messages than a
+frame each: a fifth of the messages and mark echoes, for the same truncation accuracy (the estimate
+between echoes follows the clock, see :meth:`PlaybackLedger.heard_ms`).
+
+A mark sent just before an item's first chunk echoes when that item starts to play. At the end of an
+item the filter tail and the last partial frame are flushed, padded with mu-law silence. On barge-in,
+:meth:`Playout.interrupt` clears Twilio's buffer, says where to truncate each item, and resets the
+downward filter so the interrupted tail does not leak into the next response.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from service.wire import twilio
 
 FRAME_MS = twilio.FRAME_MS
 FRAME_BYTES = twilio.FRAME_BYTES
+CHUNK_MS = 100
+"""The longest media message (five frames): the unit of the ledger between two echoes."""
+CHUNK_BYTES = CHUNK_MS * twilio.BYTES_PER_MS
 SILENCE_BYTE = bytes([MULAW_SILENCE])
 
 
@@ -52,26 +60,26 @@ class Playout:
         """Is agent audio queued at Twilio, playing, or waiting here to be sent?"""
         return self.ledger.has_unplayed() or bool(self._pending)
 
-    def audio(self, item_id: str, response_id: str, pcm16_24k: bytes) -> list[Command]:
+    def audio(self, item_id: str, response_id: str, pcm16_24k: bytes, now: float) -> list[Command]:
         commands: list[Command] = []
         if self._item is not None and self._item != item_id:
-            commands += self.finish(self._item)
+            commands += self.finish(self._item, now)
         item = self.ledger.add_generated(item_id, response_id, len(pcm16_24k))
         if self._item is None:
             self._item = item_id
             if item.sent_ms == 0:
                 commands.append(twilio.SendMark(self.stream_sid, self.ledger.start_mark(item_id)))
         self._pending += self._audio.to_caller(pcm16_24k)
-        return commands + self._frames(item_id)
+        return commands + self._frames(item_id, now)
 
-    def finish(self, item_id: str) -> list[Command]:
+    def finish(self, item_id: str, now: float) -> list[Command]:
         """The item's audio is complete: flush the filter tail and the last frame, padded with silence."""
         self.ledger.finish(item_id)
         if self._item != item_id:
             return []
         self._pending += self._audio.flush_to_caller()
         self._pending += SILENCE_BYTE * (-len(self._pending) % FRAME_BYTES)
-        commands = self._frames(item_id)
+        commands = self._frames(item_id, now)
         self._item = None
         return commands
 
@@ -85,12 +93,16 @@ class Playout:
         self._item = None
         return Interruption(twilio.SendClear(self.stream_sid), truncations, heard)
 
-    def _frames(self, item_id: str) -> list[Command]:
+    def _frames(self, item_id: str, now: float) -> list[Command]:
+        """The whole frames pending, as media messages of at most CHUNK_MS, each followed by its mark."""
         commands: list[Command] = []
-        while len(self._pending) >= FRAME_BYTES:
-            frame = bytes(self._pending[:FRAME_BYTES])
-            del self._pending[:FRAME_BYTES]
-            commands.append(twilio.SendMedia(self.stream_sid, frame))
-            commands.append(twilio.SendMark(self.stream_sid, self.ledger.frame_sent(item_id, FRAME_MS)))
-            self.frames_sent += 1
+        pending = self._pending
+        while len(pending) >= FRAME_BYTES:
+            size = min(CHUNK_BYTES, len(pending) - len(pending) % FRAME_BYTES)
+            chunk = bytes(pending[:size])
+            del pending[:size]
+            commands.append(twilio.SendMedia(self.stream_sid, chunk))
+            ms = size // twilio.BYTES_PER_MS
+            commands.append(twilio.SendMark(self.stream_sid, self.ledger.frame_sent(item_id, ms, now)))
+            self.frames_sent += size // FRAME_BYTES
         return commands

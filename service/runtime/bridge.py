@@ -55,9 +55,9 @@ cut to this many characters (audio payloads are long and say nothing to a reader
 
 
 class TextSocket(Protocol):
-    """What the bridge needs of a socket: send a text message, close (never raising)."""
+    """What the bridge needs of a socket: send text messages (in one write), close; never raising."""
 
-    def send_text(self, text: str) -> None: ...
+    def send_texts(self, texts: list[str]) -> None: ...
     def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
@@ -92,6 +92,8 @@ class Bridge:
         self._wall_clock = wall_clock
         self._connect_timeout_s = connect_timeout_s
         self._router = Router()
+        self._to_twilio: list[str] = []  # messages of the input being handled, written at its end
+        self._to_models: dict[int, list[str]] = {}
         self._models: dict[int, TextSocket] = {}
         self._opening: dict[int, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -132,10 +134,25 @@ class Bridge:
             peer = "twilio" if isinstance(event, TwilioMessage) else f"realtime#{event.link}"
             self._log_payload("<", peer, event.text)
         self._execute(self.call.handle(event, now), now)
+        self._write()
         if self.call.ended:
             self._finish(now)
         else:
             self._arm_timer()
+
+    def _write(self) -> None:
+        """Write what the input produced: one write per socket (a 100 ms delta makes ten messages)."""
+        if self._to_twilio:
+            texts, self._to_twilio = self._to_twilio, []
+            self._twilio.send_texts(texts)
+        if self._to_models:
+            batches, self._to_models = self._to_models, {}
+            for link, texts in batches.items():
+                socket = self._models.get(link)
+                if socket is None:
+                    log.warning("model socket %d not open: %d message(s) for it dropped", link, len(texts))
+                else:
+                    socket.send_texts(texts)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -153,11 +170,13 @@ class Bridge:
                     task = asyncio.get_running_loop().create_task(self._connect(link, model, delay_s))
                     self._opening[link] = task
                 case CloseModel(link=link):
+                    self._write()  # its last messages go before its close
                     if link in self._opening:
                         self._opening.pop(link).cancel()
                     if link in self._models:
                         self._models.pop(link).close(1000, "")
                 case Authorize(start=start):
+                    self._write()  # what came before goes first
                     verdict = self._authorize(start)
                     if isinstance(verdict, StartAuthorized):
                         call_id_var.set(start.call_sid)  # every later line of this call carries it
@@ -172,13 +191,9 @@ class Bridge:
         if self._log_payloads:
             self._log_payload(">", out.peer if out.peer == "twilio" else f"realtime#{out.link}", out.text)
         if out.peer == "twilio":
-            self._twilio.send_text(out.text)
-            return
-        socket = self._models.get(out.link)
-        if socket is None:
-            log.warning("model socket %d not open: a message for it was dropped", out.link)
-            return
-        socket.send_text(out.text)
+            self._to_twilio.append(out.text)
+        else:
+            self._to_models.setdefault(out.link, []).append(out.text)
 
     async def _connect(self, link: int, model: str, delay_s: float) -> None:
         if delay_s > 0:

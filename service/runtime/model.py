@@ -90,6 +90,9 @@ class ModelSocket:
     def send_text(self, text: str) -> None:
         self._ws.send_text(text)
 
+    def send_texts(self, texts: list[str]) -> None:
+        self._ws.send_texts(texts)
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         self._ws.close(code, reason)
 

@@ -112,6 +112,15 @@ class WebSocket:
         self.protocol.send_text(text.encode())
         self.flush()
 
+    def send_texts(self, texts: list[str]) -> None:
+        """Send text messages, in order, in one write to the transport."""
+        protocol = self.protocol
+        if protocol.state is not State.OPEN:
+            return
+        for text in texts:
+            protocol.send_text(text.encode())
+        self.flush()
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; the TCP connection closes after it, or after a timeout."""
         if self.protocol.state is State.OPEN:
@@ -126,11 +135,21 @@ class WebSocket:
     def flush(self) -> None:
         """Write what the protocol has to send."""
         transport = self._transport
-        for data in self.protocol.data_to_send():
-            if data:
-                transport.write(data)
-            else:  # the protocol's end of stream: the TCP connection is to be closed
-                transport.close()
+        writes = self.protocol.data_to_send()
+        if len(writes) == 1 and writes[0]:
+            transport.write(writes[0])
+        else:
+            chunk: list[bytes] = []
+            for data in writes:
+                if data:
+                    chunk.append(data)
+                    continue
+                if chunk:
+                    transport.write(b"".join(chunk))
+                    chunk = []
+                transport.close()  # the protocol's end of stream: the TCP connection is to be closed
+            if chunk:
+                transport.write(b"".join(chunk))
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.warning("websocket peer is not reading: connection aborted")
             transport.abort()

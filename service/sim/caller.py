@@ -154,7 +154,9 @@ class CallRecord:
 class Playback:
     """Twilio's outbound audio buffer on the stream clock (pure: the caller passes ``now_ms``)."""
 
-    def __init__(self, heard: list[tuple[float, bytearray]]) -> None:
+    def __init__(self, heard: list[tuple[float, bytearray]], lag_ms: float = 0.0) -> None:
+        self.lag_ms = lag_ms
+        """Audio arriving in an empty buffer starts to play this much later (a jitter buffer, a slow leg)."""
         self._queue: deque[bytes | str] = deque()  # audio chunks and mark names, in arrival order
         self._offset = 0  # bytes of the head chunk already played
         self._cursor_ms = 0.0  # playback has been simulated up to here
@@ -205,7 +207,7 @@ class Playback:
 
     def push_audio(self, data: bytes, now_ms: float) -> None:
         if self.pending_bytes == 0:
-            self._cursor_ms = max(self._cursor_ms, now_ms)
+            self._cursor_ms = max(self._cursor_ms, now_ms + self.lag_ms)
             self.run_played_ms = 0.0
         self._queue.append(data)
 
@@ -303,13 +305,13 @@ class _Call:
     """Runs the media stream of one call (the script, the frame clock, playback)."""
 
     def __init__(self, ws: ClientConnection, record: CallRecord, steps: list[Step], *, gaps: Sequence[
-        tuple[int, int]], max_duration_ms: int) -> None:  # fmt: skip
+        tuple[int, int]], max_duration_ms: int, playback_lag_ms: float = 0.0) -> None:  # fmt: skip
         self._ws = ws
         self._record = record
         self._steps = steps
         self._gaps = gaps
         self._max_duration_ms = max_duration_ms
-        self._playback = Playback(record.heard)
+        self._playback = Playback(record.heard, playback_lag_ms)
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
         self._sequence = 0
@@ -555,6 +557,7 @@ async def place_call(
     end_silence_ms: int = 1500,
     end_timeout_ms: int = 10_000,
     max_duration_ms: int = 60_000,
+    playback_lag_ms: float = 0.0,
 ) -> CallRecord:
     """Place one inbound call against ``server_http_base`` (e.g. ``http://127.0.0.1:8080``).
 
@@ -565,7 +568,8 @@ async def place_call(
     drops (None) ``<Parameter>`` values before ``start``. ``gaps``: stream-ms windows in which no
     media frame is sent (their timestamps are skipped). After the script, the caller hangs up once
     the agent has been silent ``end_silence_ms`` (or ``end_timeout_ms`` after the last step if the
-    agent says nothing); ``max_duration_ms`` of stream time is a hard cap.
+    agent says nothing); ``max_duration_ms`` of stream time is a hard cap. ``playback_lag_ms``: agent
+    audio that arrives while nothing plays starts that much later (marks echo as it plays).
     """
     record = CallRecord(
         call_sid="CA" + secrets.token_hex(16),
@@ -612,7 +616,9 @@ async def place_call(
     steps: list[Step] = list(script)
     if not steps or not isinstance(steps[-1], HangUp):
         steps.append(HangUp(AfterAgentSilent(end_silence_ms, timeout_ms=end_timeout_ms)))
-    call = _Call(ws, record, steps, gaps=gaps, max_duration_ms=max_duration_ms)
+    call = _Call(
+        ws, record, steps, gaps=gaps, max_duration_ms=max_duration_ms, playback_lag_ms=playback_lag_ms
+    )
     await call.run()
     logger.debug("= call %s ended: %s", record.call_sid, record.end_reason)
     return record

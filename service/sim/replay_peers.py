@@ -49,6 +49,8 @@ class ReplayRealtimeServer:
         self._server: Server | None = None
         self._done = asyncio.Event()
         self._admissions: asyncio.Queue[None] = asyncio.Queue()
+        self._attempted = asyncio.Event()
+        self.attempts = 0
         self.port = 0
 
     def admit(self) -> None:
@@ -56,7 +58,15 @@ class ReplayRealtimeServer:
         self._admissions.put_nowait(None)
 
     async def _hold(self, connection: ServerConnection, request: Request) -> None:
+        self.attempts += 1
+        self._attempted.set()
         await self._admissions.get()
+
+    async def next_attempt(self, seen: int) -> None:
+        """Until the service has tried to connect more than ``seen`` times."""
+        while self.attempts <= seen:
+            self._attempted.clear()
+            await self._attempted.wait()
 
     @property
     def url(self) -> str:
@@ -144,7 +154,9 @@ async def replay_over_sockets(
     wall_shift_s: dict[int, float | None] = {}
     t0 = time.monotonic()
     async with connect(ws_url, additional_headers={"X-Twilio-Signature": signature}) as caller:
-        for entry in recording.entries:
+        opens = [i for i, e in enumerate(recording.entries) if (e.peer, e.event) == ("realtime", "open")]
+        last_open = max(opens, default=-1)
+        for index, entry in enumerate(recording.entries):
             delay = t0 + entry.t_ms / 1000 - time.monotonic()
             if entry.direction in ("in", "event") and delay > 0:
                 await asyncio.sleep(delay)
@@ -167,11 +179,13 @@ async def replay_over_sockets(
                     case ("realtime", "out", _) if entry.link in models:
                         sent.append(("realtime", await _recv(models[entry.link])))
                     case ("realtime", "event", "closed") if entry.link in models:
-                        code = entry.line.get("code")
+                        code, seen = entry.line.get("code"), realtime_server.attempts
                         if code is None:
                             models[entry.link].transport.abort()
                         else:
                             await models[entry.link].close(int(code), "replayed close")
+                        if index < last_open:  # the service reconnects: wait until it has seen the loss
+                            await asyncio.wait_for(realtime_server.next_attempt(seen), STEP_TIMEOUT_S)
                     case ("twilio", "event", "closed"):
                         await caller.close()
                     case _:
