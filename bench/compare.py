@@ -801,6 +801,27 @@ def capacity_line(results: list[RunResult], levels: list[int], workers: int = 1)
     return f"{who}: highest level with p99 <= {P99_TARGET_MS:.0f} ms both ways: {best} calls ({detail})."
 
 
+def code_line() -> str:
+    """The Dialtone code measured: HEAD and whether service/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "service"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "Dialtone: git state unknown"
+    changed = f", with {len(dirty)} uncommitted change(s) under service/" if dirty else ""
+    return f"Dialtone: commit {head or '?'}{changed} (the working tree, as each server started)"
+
+
 def machine_line() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -916,6 +937,8 @@ def report(args: argparse.Namespace, results: list[RunResult], notes: list[str],
         "",
         f"Machine: {machine_line()}.",
         "",
+        f"{code_line()}; peer: {PEER_DIR} (its pinned requirements).",
+        "",
         f"Command (from the repository root): `{command.strip()}`",
         "",
         f"Load: {args.seconds:g} s calls started over {args.ramp:g} s, an utterance every ~10 s, replies of "
@@ -954,6 +977,10 @@ def report(args: argparse.Namespace, results: list[RunResult], notes: list[str],
     ]
     if first_delta:
         notes.append("First delta of each response only, down p50 / p99 ms: " + "; ".join(first_delta) + ".")
+    notes.append(
+        "RSS/call is (RSS in the window - RSS after the warm-up call) / N: at 1 call it is within the noise "
+        "(the warm-up call's freed memory is reused)."
+    )
     idle = [f"{r.server} {r.calls}/{r.seed}: {r.server_idle_pct:.1f} %" for r in results]
     notes.append("Server CPU when idle after the warm-up (% of a core): " + "; ".join(idle) + ".")
     leaks = [r for r in results if r.server == "peer" and r.problems.get("model sockets left open")]

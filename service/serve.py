@@ -15,6 +15,8 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from quart import Quart
 
@@ -52,8 +54,19 @@ def main() -> int:
         return 2
     for name in ("websockets.server", "websockets.client"):
         logging.getLogger(name).setLevel(logging.WARNING)  # not a line per connection
-    asyncio.run(_serve(app, settings))
+    run(_serve(app, settings))
     return 0
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (Linux, macOS): its C transports and loop cost a fraction of
+    asyncio's per message; else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 if __name__ == "__main__":

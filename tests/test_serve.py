@@ -39,3 +39,53 @@ def test_an_invalid_agents_file_stops_start_up_with_its_problems(tmp_path: Path)
     assert "default.instructions" in result.stderr and "default.voice" in result.stderr
     assert 'numbers."555"' in result.stderr
     assert "sk-test-0123456789" not in result.stderr and "token-0123456789" not in result.stderr
+
+
+async def test_the_production_server_runs_a_call_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """The real entry point (on uvloop where installed) in its own process: a call goes through; SIGTERM
+    stops it cleanly."""
+    import asyncio
+    import json
+    import signal
+
+    from service.sim.caller import place_call
+    from service.sim.realtime_server import RealtimeSimulator
+    from service.sim.script import AfterAgentSilent, HangUp, Say, load_clip
+    from service.sim.stack import API_KEY, AUTH_TOKEN, DEFAULT_AGENTS_FILE, PUBLIC_BASE_URL, free_port
+
+    async with RealtimeSimulator(api_key=API_KEY) as sim:
+        port = free_port()
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TWILIO_", "PUBLIC_"))}
+        env = {**clean, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": API_KEY, "OPENAI_REALTIME_URL": sim.url,
+               "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+               "AGENTS_FILE": str(DEFAULT_AGENTS_FILE), "PORT": str(port)}  # fmt: skip
+        log = tmp_path / "server.log"
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service.serve", env=env, cwd=tmp_path, stdout=out, stderr=out
+            )
+        try:
+            for _ in range(200):
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                break
+            record = await place_call(
+                f"http://127.0.0.1:{port}", auth_token=AUTH_TOKEN, public_base_url=PUBLIC_BASE_URL,
+                to="+15551230002", speed=4.0,
+                script=[Say(load_clip("caller_question"), AfterAgentSilent(timeout_ms=300)),
+                        HangUp(AfterAgentSilent(400))],
+            )  # fmt: skip
+            assert record.end_reason == "caller_hangup" and record.agent_audio_ms > 1000
+            await asyncio.wait_for(sim.connections[0].closed.wait(), 10)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 20)
+    assert code == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    summaries = [entry for entry in lines if entry.get("summary")]
+    assert len(summaries) == 1 and summaries[0]["summary"]["end_reason"] == "caller hung up"
+    assert not [entry for entry in lines if entry["level"] in ("ERROR", "CRITICAL")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
+from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.http11 import Response
@@ -44,7 +45,7 @@ class _ModelProtocol(asyncio.Protocol):
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         protocol = ClientProtocol(self._uri, extensions=None, max_size=MAX_MESSAGE_BYTES)
         request = protocol.connect()
         for name, value in self._headers.items():
