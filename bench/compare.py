@@ -60,6 +60,7 @@ import atexit
 import contextlib
 import ctypes
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -357,6 +358,7 @@ class Options:
     server_cores: set[int] | None
     peer_python: str
     workdir: Path
+    code_dir: Path  # PYTHONPATH of the Dialtone server: a snapshot of service/, or the repository
     workers: int = 1
 
 
@@ -468,7 +470,7 @@ def make_server(
             AGENTS_FILE=str(AGENTS_FILE),
             PORT=str(port),
             LOG_LEVEL="WARNING",
-            PYTHONPATH=str(REPO_DIR),
+            PYTHONPATH=str(opts.code_dir),
         )
         if workers > 1:
             env["WEB_CONCURRENCY"] = str(workers)
@@ -801,25 +803,34 @@ def capacity_line(results: list[RunResult], levels: list[int], workers: int = 1)
     return f"{who}: highest level with p99 <= {P99_TARGET_MS:.0f} ms both ways: {best} calls ({detail})."
 
 
-def code_line() -> str:
-    """The Dialtone code measured: HEAD and whether service/ had uncommitted changes."""
+def git(*args: str) -> str:
     try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "service"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.splitlines()
+        out = subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return "Dialtone: git state unknown"
-    changed = f", with {len(dirty)} uncommitted change(s) under service/" if dirty else ""
-    return f"Dialtone: commit {head or '?'}{changed} (the working tree, as each server started)"
+        return ""
+    return out.stdout.strip()
+
+
+def snapshot_service(dest: Path) -> str:
+    """Copy service/ (the working tree, as it is now) to ``dest``/service; describe what was copied.
+
+    Other sessions edit service/ while the benchmark runs: every Dialtone run of one benchmark then runs
+    the same code.
+    """
+    shutil.copytree(REPO_DIR / "service", dest / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for f in sorted((dest / "service").rglob("*.py")):
+        digest.update(str(f.relative_to(dest)).encode() + b"\0" + f.read_bytes())
+    return describe_code(
+        f"a copy of service/ taken at the start (sha256 {digest.hexdigest()[:12]} of its .py files)"
+    )
+
+
+def describe_code(what: str) -> str:
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--", "service").splitlines()
+    changed = f" + {len(dirty)} uncommitted change(s) under service/" if dirty else ""
+    return f"Dialtone: {what}; commit {head}{changed}"
 
 
 def machine_line() -> str:
@@ -867,7 +878,7 @@ async def probe_workers(opts: Options, load: Load, workers: int) -> tuple[bool, 
     return True, f"WEB_CONCURRENCY={workers}: {count} python processes."
 
 
-async def bench(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]:
+async def bench(args: argparse.Namespace) -> tuple[list[RunResult], list[str], str]:
     notes: list[str] = []
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -884,7 +895,12 @@ async def bench(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]:
         notes.append(f"Not pinned ({'--no-pin' if not args.pin else f'{len(cores)} usable core(s)'}).")
     peer_py = await asyncio.to_thread(peer_python) if "peer" in args.servers else ""
     workroot = Path(tempfile.mkdtemp(prefix="dialtone-compare-"))
-    opts = Options(args.seconds, args.ramp, args.speed, server_cores, peer_py, workroot)
+    if args.live_tree:
+        code_dir, code = REPO_DIR, describe_code("the repository's working tree, as each server started")
+    else:
+        code_dir = workroot / "code"
+        code = snapshot_service(code_dir)
+    opts = Options(args.seconds, args.ramp, args.speed, server_cores, peer_py, workroot, code_dir)
     assets = ll.Assets()
     fake = ll.FakeRealtime(assets, speed=args.speed, deflate=args.model_deflate)
     await fake.start()
@@ -926,10 +942,12 @@ async def bench(args: argparse.Namespace) -> tuple[list[RunResult], list[str]]:
             print(f"server logs kept in {workroot}")
         else:
             shutil.rmtree(workroot, ignore_errors=True)
-    return results, notes
+    return results, notes, code
 
 
-def report(args: argparse.Namespace, results: list[RunResult], notes: list[str], argv: list[str]) -> str:
+def report(
+    args: argparse.Namespace, results: list[RunResult], notes: list[str], code: str, argv: list[str]
+) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = ".venv/bin/python -m bench.compare " + " ".join(shlex.quote(a) for a in argv)
     lines = [
@@ -937,7 +955,7 @@ def report(args: argparse.Namespace, results: list[RunResult], notes: list[str],
         "",
         f"Machine: {machine_line()}.",
         "",
-        f"{code_line()}; peer: {PEER_DIR} (its pinned requirements).",
+        f"{code}; peer: {PEER_DIR} (its pinned requirements).",
         "",
         f"Command (from the repository root): `{command.strip()}`",
         "",
@@ -1027,6 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="Dialtone processes (WEB_CONCURRENCY)")
     parser.add_argument("--capacity-levels", type=int, nargs="+", default=[25, 50, 75, 100, 150])
     parser.add_argument("--model-deflate", action="store_true", help="fake model accepts permessage-deflate")
+    parser.add_argument(
+        "--live-tree",
+        action="store_true",
+        help="run Dialtone from the repository, not a snapshot of service/",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (a temp dir)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and generator")
     parser.add_argument(
@@ -1044,12 +1067,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     try:
-        results, notes = asyncio.run(bench(args))
+        results, notes, code = asyncio.run(bench(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         _kill_live_servers()
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
-    text = report(args, results, notes, argv)
+    text = report(args, results, notes, code, argv)
     print()
     print(text)
     if args.append:

@@ -11,6 +11,7 @@ every problem at once. Messages name the variable, never the value of a secret.
     PUBLIC_BASE_URL         required, https://host[:port][/prefix], the URL Twilio reaches us at
     AGENTS_FILE             default agents.toml
     PORT                    default 8080
+    WORKERS                 default 1: server processes sharing the port (SO_REUSEPORT), one per core
     LOG_LEVEL               default INFO
     STREAM_TOKEN_SECRET     optional (secret, >= 16 chars); else derived from TWILIO_AUTH_TOKEN
     STREAM_TOKEN_TTL_S      default 300: how long after the webhook a media stream may start
@@ -96,6 +97,7 @@ class Settings:
     twilio_account_sid: str | None = None
     agents_file: Path = Path("agents.toml")
     port: int = 8080
+    workers: int = 1
     log_level: str = "INFO"
     stream_token_ttl_s: int = 300
     stream_signature: StreamSignature = "require"
@@ -156,6 +158,7 @@ class Settings:
 
         agents_file = Path(get("AGENTS_FILE") or "agents.toml")
         port = _int_in(get("PORT"), "PORT", 8080, 1, 65535, problems)
+        workers = _int_in(get("WORKERS"), "WORKERS", 1, 1, 64, problems)
         ttl_s = _int_in(get("STREAM_TOKEN_TTL_S"), "STREAM_TOKEN_TTL_S", 300, 10, _MAX_TOKEN_TTL_S, problems)
 
         log_level = (get("LOG_LEVEL") or "INFO").upper()
@@ -206,6 +209,7 @@ class Settings:
             twilio_account_sid=account_sid,
             agents_file=agents_file,
             port=port,
+            workers=workers,
             log_level=log_level,
             stream_token_ttl_s=ttl_s,
             stream_signature=signature_mode,

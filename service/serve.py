@@ -1,20 +1,31 @@
 """``make serve`` / the Procfile: run Dialtone, configured from the environment or ``.env``.
 
-    python -m service.serve          # binds 0.0.0.0:$PORT (default 8080)
+    python -m service.serve          # binds 0.0.0.0:$PORT (default 8080), $WORKERS processes (default 1)
 
 Settings and the agents file are checked before anything listens: every problem is printed at once and
 the exit code is 2. One port serves everything (:mod:`service.web.serving`): the media streams on the
 lean path, the webhooks through hypercorn. Hypercorn's own log lines go through Dialtone's logging
-(JSON when not on a TTY). SIGTERM and SIGINT stop the server: it stops listening, ends the calls still
-running (each logs its summary) and exits.
+(JSON when not on a TTY).
+
+With ``WORKERS=N`` (N > 1) this process supervises N worker processes, each a whole server bound to the
+same port with ``SO_REUSEPORT`` (the kernel spreads connections across them): one per core. A worker
+that dies is started again. A call lives in one worker, from its webhook to its end only if the
+webhook and the stream land on the same one, which nothing requires: a stream's token is checked
+statelessly by whichever worker gets it (see the README on what the workers share).
+
+SIGTERM and SIGINT stop the server (the supervisor passes them to its workers): it stops listening,
+ends the calls still running (each logs its summary) and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -27,35 +38,24 @@ from service.web.app import create_app, secrets_of
 from service.web.serving import Service
 
 log = logging.getLogger(__name__)
+WORKER_FLAG = "--worker"
+RESTART_PAUSE_S = 1.0
 
 
-async def _serve(app: Quart, settings: Settings) -> None:
+async def _serve(app: Quart, settings: Settings, *, reuse_port: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    service = Service(app, host="0.0.0.0", port=settings.port)
+    service = Service(app, host="0.0.0.0", port=settings.port, reuse_port=reuse_port)
     await service.start()
-    log.info("Dialtone on port %d, public URL %s", service.port, settings.public_base_url)
+    pid, url = os.getpid(), settings.public_base_url
+    log.info("Dialtone on port %d (pid %d), public URL %s", service.port, pid, url)
     try:
         await stop.wait()
     finally:
         log.info("stopping")
         await service.stop()
-
-
-def main() -> int:
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level, secrets=secrets_of(settings))
-        app = create_app(settings)
-    except ConfigError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 2
-    for name in ("websockets.server", "websockets.client"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # not a line per connection
-    run(_serve(app, settings))
-    return 0
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -67,6 +67,51 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+def supervise(workers: int) -> int:
+    """Run ``workers`` worker processes until SIGTERM/SIGINT; start again any that dies."""
+    command = [sys.executable, "-m", "service.serve", WORKER_FLAG]
+    procs = [subprocess.Popen(command) for _ in range(workers)]
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("supervising %d workers", workers)
+    while not stopping:
+        time.sleep(0.5)
+        for i, proc in enumerate(procs):
+            if proc.poll() is not None and not stopping:
+                log.error("worker %d exited with %s; starting it again", proc.pid, proc.returncode)
+                time.sleep(RESTART_PAUSE_S)
+                procs[i] = subprocess.Popen(command)
+    codes = [proc.wait() for proc in procs]
+    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, secrets=secrets_of(settings))
+        app = create_app(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    for name in ("websockets.server", "websockets.client"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # not a line per connection
+    worker = WORKER_FLAG in args
+    if settings.workers > 1 and not worker:
+        return supervise(settings.workers)
+    run(_serve(app, settings, reuse_port=worker))
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,9 +43,10 @@ def test_an_invalid_agents_file_stops_start_up_with_its_problems(tmp_path: Path)
     assert "sk-test-0123456789" not in result.stderr and "token-0123456789" not in result.stderr
 
 
-async def test_the_production_server_runs_a_call_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """The real entry point (on uvloop where installed) in its own process: a call goes through; SIGTERM
-    stops it cleanly."""
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_production_server_runs_calls_and_stops_on_sigterm(tmp_path: Path, workers: int) -> None:
+    """The real entry point (on uvloop where installed) in its own process(es): calls go through;
+    SIGTERM stops it cleanly. With 2 workers, both share the port."""
     import asyncio
     import json
     import signal
@@ -58,7 +61,8 @@ async def test_the_production_server_runs_a_call_and_stops_on_sigterm(tmp_path: 
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TWILIO_", "PUBLIC_"))}
         env = {**clean, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": API_KEY, "OPENAI_REALTIME_URL": sim.url,
                "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
-               "AGENTS_FILE": str(DEFAULT_AGENTS_FILE), "PORT": str(port)}  # fmt: skip
+               "AGENTS_FILE": str(DEFAULT_AGENTS_FILE), "PORT": str(port),
+               "WORKERS": str(workers)}  # fmt: skip
         log = tmp_path / "server.log"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -73,19 +77,28 @@ async def test_the_production_server_runs_a_call_and_stops_on_sigterm(tmp_path: 
                     continue
                 writer.close()
                 break
-            record = await place_call(
-                f"http://127.0.0.1:{port}", auth_token=AUTH_TOKEN, public_base_url=PUBLIC_BASE_URL,
-                to="+15551230002", speed=4.0,
-                script=[Say(load_clip("caller_question"), AfterAgentSilent(timeout_ms=300)),
-                        HangUp(AfterAgentSilent(400))],
-            )  # fmt: skip
-            assert record.end_reason == "caller_hangup" and record.agent_audio_ms > 1000
-            await asyncio.wait_for(sim.connections[0].closed.wait(), 10)
+            calls = 2 * workers
+            records = await asyncio.gather(*(
+                place_call(
+                    f"http://127.0.0.1:{port}", auth_token=AUTH_TOKEN, public_base_url=PUBLIC_BASE_URL,
+                    to="+15551230002", speed=4.0,
+                    script=[Say(load_clip("caller_question"), AfterAgentSilent(timeout_ms=300)),
+                            HangUp(AfterAgentSilent(400))],
+                )
+                for _ in range(calls)
+            ))  # fmt: skip
+            for record in records:
+                assert record.end_reason == "caller_hangup" and record.agent_audio_ms > 1000
+            for conn in sim.connections:
+                await asyncio.wait_for(conn.closed.wait(), 10)
         finally:
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), 20)
     assert code == 0
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    summaries = [entry for entry in lines if entry.get("summary")]
-    assert len(summaries) == 1 and summaries[0]["summary"]["end_reason"] == "caller hung up"
+    summaries = [entry["summary"] for entry in lines if entry.get("summary")]
+    assert len(summaries) == calls and all(s["end_reason"] == "caller hung up" for s in summaries)
     assert not [entry for entry in lines if entry["level"] in ("ERROR", "CRITICAL")]
+    if workers > 1:
+        started = [entry for entry in lines if entry["msg"].startswith("Dialtone on port")]
+        assert len({entry["msg"] for entry in started}) == workers  # one line per worker, each its pid
