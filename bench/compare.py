@@ -45,11 +45,13 @@ until the first call ended, so set-up and tear-down fall outside):
 
 Options: ``--calls``, ``--seconds``, ``--ramp``, ``--seeds``, ``--servers``, ``--speed`` (delta pace),
 ``--no-pin``, ``--model-deflate`` (let the fake model accept permessage-deflate: the peer's ``websockets``
-client offers it, Dialtone's does not; off by default), ``--workers N`` (Dialtone with
-``WEB_CONCURRENCY=N``: a capacity sweep over ``--capacity-levels`` for the highest number of calls with
-p99 <= 20 ms both ways; skipped, and said so, when ``python -m service.serve`` runs one process),
-``--no-append`` (do not append to
-``bench/COMPARE.md``).
+client offers it, Dialtone's does not; off by default), ``--workers N`` (Dialtone with ``WORKERS=N``
+and ``WEB_CONCURRENCY=N`` in its environment, after the main table: a capacity sweep over
+``--capacity-levels`` for the highest number of calls with p99 <= 20 ms both ways, the server on every
+core but the generator's, or unpinned on a 2-core machine; skipped, and said so, when
+``python -m service.serve`` runs one process), ``--live-tree`` (run Dialtone from the repository instead of
+a copy of ``service/`` taken at the start: other sessions may be editing it), ``--keep-logs``,
+``--no-append`` (do not append to ``bench/COMPARE.md``).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ SERVER_VARS = (
     "ROLLOVER_MARGIN_S",
     "CONTEXT_REPLAY_TOKENS",
     "WEB_CONCURRENCY",
+    "WORKERS",
     "TEMPERATURE",
 )
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -473,7 +476,7 @@ def make_server(
             PYTHONPATH=str(opts.code_dir),
         )
         if workers > 1:
-            env["WEB_CONCURRENCY"] = str(workers)
+            env["WEB_CONCURRENCY"] = env["WORKERS"] = str(workers)
         argv = [str(REPO_DIR / ".venv" / "bin" / "python"), "-m", "service.serve"]
         server = ServerProc(kind, argv, env, workdir, port, "/healthz", opts.server_cores, False)
         target = ll.Target(
@@ -517,7 +520,7 @@ async def run_one(kind: str, n: int, seed: int, opts: Options, load: Load, worke
     try:
         await server.wait_ready()
         if workers > 1 and server.python_processes() < 2:
-            result.problem("workers", f"WEB_CONCURRENCY={workers} gave one process")
+            result.problem("workers", f"WORKERS={workers} gave one process")
         warm = await load.calls(target, 1, WARMUP_S, 0.0, seed, scripts=warmup_script)
         for call in warm:
             for p in call.problems:
@@ -852,13 +855,18 @@ def machine_line() -> str:
 # -- main -----------------------------------------------------------------------------------------------
 
 
-def reads_web_concurrency() -> str:
-    users = [
-        str(f.relative_to(REPO_DIR))
-        for f in sorted((REPO_DIR / "service").rglob("*.py"))
-        if "WEB_CONCURRENCY" in f.read_text("utf-8", "replace")
-    ]
-    return "read in " + ", ".join(users) if users else "no file under service/ reads WEB_CONCURRENCY"
+def reads_workers(code_dir: Path) -> str:
+    """Which of the two variables the measured code reads, and where."""
+    found = []
+    for var in ("WORKERS", "WEB_CONCURRENCY"):
+        users = [
+            str(f.relative_to(code_dir))
+            for f in sorted((code_dir / "service").rglob("*.py"))
+            if f'"{var}"' in f.read_text("utf-8", "replace")
+        ]
+        if users:
+            found.append(f"{var} is read in {', '.join(users)}")
+    return "; ".join(found) or "nothing under service/ reads WORKERS or WEB_CONCURRENCY"
 
 
 async def probe_workers(opts: Options, load: Load, workers: int) -> tuple[bool, str]:
@@ -872,10 +880,11 @@ async def probe_workers(opts: Options, load: Load, workers: int) -> tuple[bool, 
         await asyncio.to_thread(server.stop)
     if count < 2:
         return False, (
-            f"python -m service.serve does not run workers: with WEB_CONCURRENCY={workers} it ran {count} "
-            f"python process ({reads_web_concurrency()}); the multi-core figure is skipped."
+            f"python -m service.serve does not run workers: with WORKERS={workers} and "
+            f"WEB_CONCURRENCY={workers} it ran {count} python process ({reads_workers(opts.code_dir)}); "
+            "the multi-core figure is skipped."
         )
-    return True, f"WEB_CONCURRENCY={workers}: {count} python processes."
+    return True, f"WORKERS={workers}: {count} python processes ({reads_workers(opts.code_dir)})."
 
 
 async def bench(args: argparse.Namespace) -> tuple[list[RunResult], list[str], str]:
@@ -919,12 +928,20 @@ async def bench(args: argparse.Namespace) -> tuple[list[RunResult], list[str], s
                         r = await run_one(kind, n, seed, opts, load)
                     results.append(r)
                     print(md_line(row(r, results)), flush=True)
+        if args.workers == 1:
+            notes.append(f"Multi-core figure not measured (it needs --workers N); {reads_workers(code_dir)}.")
         if args.workers > 1 and "dialtone" in args.servers:
             supported, message = await probe_workers(opts, load, args.workers)
             notes.append(message)
             print(message, flush=True)
             if supported:
                 opts.server_cores = set(cores) - {cores[1]} if len(cores) > 2 else None
+                notes.append(
+                    f"Capacity sweep: Dialtone x{args.workers} on cores {sorted(opts.server_cores)}"
+                    if opts.server_cores
+                    else f"Capacity sweep: Dialtone x{args.workers} unpinned, sharing the {len(cores)} cores "
+                    "with the generator (its latencies include that contention)"
+                )
                 for n in args.capacity_levels:
                     async with asyncio.timeout(args.ramp + args.seconds + WARMUP_S + 15 * n + 150):
                         r = await run_one("dialtone", n, args.seeds[0], opts, load, workers=args.workers)
@@ -974,8 +991,6 @@ def report(
         "",
     ]
     notes = [*notes, capacity_line(results, args.calls)]
-    if args.workers == 1:
-        notes.append(f"Multi-core figure not measured (it needs --workers N); {reads_web_concurrency()}.")
     for r in results:
         if r.window_s > 0 and r.pct(r.gen_cpu_s) >= 90:
             notes.append(

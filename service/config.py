@@ -23,6 +23,7 @@ every problem at once. Messages name the variable, never the value of a secret.
     MODEL_RECONNECT_GIVE_UP_S  default 10: stop reopening a lost model socket after this long
     ROLLOVER_MARGIN_S       default 300: replace a model session this long before its 60-minute limit
     CONTEXT_REPLAY_TOKENS   default 4000: conversation replayed to a replacement session, at most
+    QUIET_BATCH_MS          default 100: quiet caller audio may wait this long to go in one append (0: off)
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Settings:
     model_reconnect_give_up_s: float = 10.0
     rollover_margin_s: float = 300.0
     context_replay_tokens: int = 4_000
+    quiet_batch_ms: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -193,6 +195,7 @@ class Settings:
             get("MODEL_RECONNECT_GIVE_UP_S"), "MODEL_RECONNECT_GIVE_UP_S", 10.0, 0.0, 120.0, problems
         )
         margin_s = _float_in(get("ROLLOVER_MARGIN_S"), "ROLLOVER_MARGIN_S", 300.0, 1.0, 1800.0, problems)
+        quiet_batch_ms = _int_in(get("QUIET_BATCH_MS"), "QUIET_BATCH_MS", 100, 0, 200, problems)
         context_tokens = _int_in(
             get("CONTEXT_REPLAY_TOKENS"), "CONTEXT_REPLAY_TOKENS", 4_000, 0, 32_000, problems
         )
@@ -220,6 +223,7 @@ class Settings:
             model_reconnect_give_up_s=give_up_s,
             rollover_margin_s=margin_s,
             context_replay_tokens=context_tokens,
+            quiet_batch_ms=quiet_batch_ms,
         )
 
     @property
@@ -230,6 +234,7 @@ class Settings:
             reconnect=ReconnectPolicy(give_up_s=self.model_reconnect_give_up_s),
             rollover=RolloverPolicy(margin_s=self.rollover_margin_s),
             context_tokens=self.context_replay_tokens,
+            quiet_batch_ms=self.quiet_batch_ms,
         )
 
     @property

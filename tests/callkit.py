@@ -103,8 +103,10 @@ class Driver:
     """A Call and the helpers to feed it, one input at a time."""
 
     def __init__(self, agent: Agent = AGENT, config: CallConfig | None = None) -> None:
+        """``config`` defaults to every frame sent at once (no quiet batching): transcripts stay short."""
         self.agent = agent
         self.audio = ThreeX()
+        config = config if config is not None else CallConfig(quiet_batch_ms=0)
         self.call = Call(
             transcoder=self.audio, default_model="gpt-realtime-2.1", config=config, rng=random.Random(7)
         )

@@ -77,9 +77,12 @@ async def test_greeting_then_question_and_answer() -> None:
     expected_ms = sum(r.audio_ms for r in conn.responses)
     assert len(conn.responses) == 2
     assert expected_ms <= record.agent_audio_ms <= expected_ms + 2 * 20
-    # every millisecond the caller sent reached the model, three samples for each one
+    # every millisecond the caller sent reached the model, three samples for each one; the quiet parts
+    # (no sample above QUIET_LEVEL, while the VAD does not hear the caller) in appends of 100 ms
     caller_bytes = sum(len(chunk) for _, chunk in record.spoken)
     assert appended_bytes(conn) == caller_bytes * 6
+    appends = [e for e in conn.client_events if e["type"] == "input_audio_buffer.append"]
+    assert len(appends) < len(record.spoken) * 0.6
 
 
 @pytest.mark.parametrize("lag_ms", [0, 150])

@@ -45,6 +45,10 @@ PCM_PER_MULAW = 6  # 8 kHz mu-law -> 24 kHz PCM16: three samples of two bytes fo
 FRAME_PCM = FRAME_BYTES * PCM_PER_MULAW
 NO_GREETING = "+15551230002"  # fixtures/agents.toml: greeting = "", so the model speaks only when asked
 
+EXACT = {"QUIET_BATCH_MS": "0"}
+"""Every frame appended as it comes (these tests count appends against frames sent; quiet batching has
+tests of its own)."""
+
 
 def question_frames() -> list[bytes]:
     """The caller's question (8 kHz clip) as whole 20 ms mu-law frames, the last one padded with silence."""
@@ -242,7 +246,7 @@ async def test_deeply_nested_json_mid_call_is_skipped_and_the_call_goes_on(
     deep_object = nested(9_000)  # 54 kB, under the 64 KiB cap: refused by the decoder, not by size
     deep_closed_list = "[" * 20_000 + "]" * 20_000
     assert all(len(t) <= MAX_MESSAGE_CHARS for t in (deep_list, deep_object, deep_closed_list))
-    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+    async with LocalStack(env=EXACT) as stack, hand_driven_call(stack, caplog) as raw:
         await raw.media(count=50)
         conn = await stack.sim.wait_for_connection(0)
         hostile = 0
@@ -284,7 +288,7 @@ async def test_negative_timestamps_keep_every_frame_and_warn_a_bounded_number_of
     caplog: pytest.LogCaptureFixture, mixed: bool
 ) -> None:
     caplog.set_level(logging.INFO, logger="service")
-    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+    async with LocalStack(env=EXACT) as stack, hand_driven_call(stack, caplog) as raw:
         conn = await stack.sim.wait_for_connection(0)
         if mixed:
             await raw.media(count=100)  # good timestamps 0 .. 1980
@@ -311,7 +315,7 @@ async def test_negative_timestamps_keep_every_frame_and_warn_a_bounded_number_of
 async def test_a_timestamp_far_ahead_costs_one_bounded_fill(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="service")
     jump_to = 1_000_000_000  # ms: 11.6 days into the stream
-    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+    async with LocalStack(env=EXACT) as stack, hand_driven_call(stack, caplog) as raw:
         conn = await stack.sim.wait_for_connection(0)
         await raw.media(count=2)  # timestamps 0 and 20
         await wait_until(lambda: session_ready(conn))  # nothing held: the fill goes straight out
@@ -340,7 +344,7 @@ async def test_timestamps_that_go_backwards_keep_the_audio_and_fill_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="service")
-    async with LocalStack() as stack, hand_driven_call(stack, caplog) as raw:
+    async with LocalStack(env=EXACT) as stack, hand_driven_call(stack, caplog) as raw:
         conn = await stack.sim.wait_for_connection(0)
         raw.offset_ms = 100_000
         await raw.media(count=40)

@@ -151,7 +151,8 @@ def test_no_second_greeting_after_a_reconnect_and_none_lost_if_the_first_socket_
 
 
 def test_refused_connects_back_off_then_succeed_and_a_dead_model_gives_up() -> None:
-    d = Driver(config=CallConfig(reconnect=ReconnectPolicy(give_up_s=2.0, jitter=0.0))).live()
+    policy = ReconnectPolicy(give_up_s=2.0, jitter=0.0)
+    d = Driver(config=CallConfig(reconnect=policy, quiet_batch_ms=0)).live()
     assert d.closed(1, 10.0)[-1] == OpenModel(2, MODEL, 0.0)
     assert d.closed(2, 10.05, code=None, status=503) == [OpenModel(3, MODEL, 0.25)]
     assert d.closed(3, 10.35, code=None) == [OpenModel(4, MODEL, 0.5)]
@@ -167,7 +168,7 @@ def test_refused_connects_back_off_then_succeed_and_a_dead_model_gives_up() -> N
 
 
 def test_an_attempt_that_hangs_is_cut_off_by_the_give_up_deadline() -> None:
-    d = Driver(config=CallConfig(reconnect=ReconnectPolicy(give_up_s=2.0))).live()
+    d = Driver(config=CallConfig(reconnect=ReconnectPolicy(give_up_s=2.0), quiet_batch_ms=0)).live()
     d.closed(1, 10.0)
     assert d.call.next_deadline() == pytest.approx(12.0)
     assert d.timer(11.9) == []
@@ -184,7 +185,8 @@ def test_fatal_errors_are_not_retried() -> None:
 
 
 def rollover_call(margin_s: float = 300.0) -> Driver:
-    d = Driver(config=CallConfig(rollover=RolloverPolicy(margin_s=margin_s, force_s=15.0))).live()
+    policy = RolloverPolicy(margin_s=margin_s, force_s=15.0)
+    d = Driver(config=CallConfig(rollover=policy, quiet_batch_ms=0)).live()
     # the session expires an hour after the socket opened (epoch seconds, whole: 3600.0 on the call clock)
     d.model(realtime.SessionCreated("sess_1", int(WALL + 0.1 + 3600)), 0.35)
     return d

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from callkit import Driver, media, sent
+from callkit import CALL, SID, Driver, media, sent
 
-from service.core.uplink import MAX_FILL_PER_CALL_MS, MAX_GAP_FILL_MS, Uplink
-from service.wire import realtime
+from service.core.call import CallConfig
+from service.core.commands import EndCall
+from service.core.uplink import MAX_FILL_PER_CALL_MS, MAX_GAP_FILL_MS, Uplink, is_quiet
+from service.wire import realtime, twilio
 
 
 def frames(uplink: Uplink, stamps: list[int | None], t0: float = 0.0, step_s: float = 0.02) -> int:
@@ -79,3 +81,49 @@ def test_in_a_call_a_jumping_clock_does_not_flood_the_model() -> None:
         ts = 20 * i if i < 2 else 1_000_000_000 + 20 * i
         appended += sum(len(c.audio) for c in sent(d.twilio(media(ts), 1.0 + i * 0.02), realtime.AppendAudio))
     assert appended == (750 * 160 + MAX_GAP_FILL_MS * 8) * 6
+
+
+LOUD = bytes([0x10]) * 160  # about -9 dBFS
+QUIET = bytes([0x7E]) * 160  # |sample| 8
+
+
+def batched_driver() -> Driver:
+    return Driver(config=CallConfig(quiet_batch_ms=100)).live()
+
+
+def appends(commands: list) -> list[int]:  # type: ignore[type-arg]
+    return [len(c.audio) // 6 // 8 for c in sent(commands, realtime.AppendAudio)]  # ms each
+
+
+def test_quiet_audio_waits_up_to_100_ms_and_goes_in_one_append() -> None:
+    d = batched_driver()
+    out = [appends(d.twilio(media(20 * i, QUIET), 1.0 + i * 0.02)) for i in range(10)]
+    assert out == [[], [], [], [], [100], [], [], [], [], [100]]
+    assert is_quiet(QUIET) and not is_quiet(LOUD) and not is_quiet(QUIET[:-1] + LOUD[:1])
+
+
+def test_a_loud_frame_goes_at_once_with_the_quiet_audio_before_it() -> None:
+    d = batched_driver()
+    d.twilio(media(0, QUIET), 1.0)
+    d.twilio(media(20, QUIET), 1.02)
+    assert appends(d.twilio(media(40, LOUD), 1.04)) == [40, 20]  # nothing waits behind speech
+
+
+def test_while_the_vad_hears_the_caller_every_frame_goes_at_once() -> None:
+    d = batched_driver()
+    d.twilio(media(0, QUIET), 1.0)
+    out = d.model(realtime.SpeechStarted("item_u", 0), 1.01)
+    assert appends(out) == [20]  # the batch goes at the speech's start
+    assert appends(d.twilio(media(20, QUIET), 1.02)) == [20]  # a pause inside an utterance
+    d.model(realtime.SpeechStopped("item_u", 900), 1.9)
+    assert appends(d.twilio(media(40, QUIET), 1.92)) == []
+
+
+def test_quiet_audio_waiting_is_sent_when_the_call_ends_and_dropped_when_the_model_is_lost() -> None:
+    d = batched_driver()
+    d.twilio(media(0, QUIET), 1.0)
+    ended = d.twilio(twilio.Stop(SID, CALL), 1.1)
+    assert appends(ended) == [20] and isinstance(ended[-1], EndCall)
+    lost = batched_driver()
+    lost.twilio(media(0, QUIET), 1.0)
+    assert appends(lost.closed(1, 1.1)) == [] and lost.call.uplink.stats.dropped_ms == 20

@@ -65,6 +65,7 @@ __all__ = [
     "CALLER_RATE_HZ",
     "FILTER_TAPS",
     "MODEL_RATE_HZ",
+    "MULAW_MAGNITUDE",
     "MULAW_SILENCE",
     "PASS_EDGE_HZ",
     "PHASE_TAPS",
@@ -189,6 +190,10 @@ _DOWN_TAPS: Final = np.ascontiguousarray(2 * _PROTOTYPE[::-1], dtype=np.float32)
 _TO_PCM16: Final = _rounding_table()
 _TO_MULAW: Final = _mulaw_encode(np.arange(-32768, 32768, dtype=np.int32))[_TO_PCM16.astype(np.int32) + 32768]
 _FLUSH_INPUT: Final = bytes(2 * (FILTER_TAPS - 1))
+MULAW_MAGNITUDE: Final = tuple(
+    int(v) for v in np.abs(np.frombuffer(audioop.ulaw2lin(bytes(range(256)), 2), np.int16).astype(np.int32))
+)
+"""|linear sample| of each mu-law code."""
 
 
 def _windows(

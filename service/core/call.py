@@ -57,7 +57,7 @@ from service.core.playback import PlaybackLedger
 from service.core.reconnect import ReconnectPolicy
 from service.core.session import greeting_instructions
 from service.core.summary import CallStats, summary_line
-from service.core.uplink import Throttle, Uplink, Utterance
+from service.core.uplink import QUIET_BATCH_MS, QuietBatch, Throttle, Uplink, Utterance, is_quiet
 from service.wire import realtime, twilio
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ class CallConfig:
     rollover: RolloverPolicy = field(default_factory=RolloverPolicy)
     context_tokens: int = 4_000
     """Budget of the conversation replayed to a new session (oldest turns dropped first)."""
+    quiet_batch_ms: int = QUIET_BATCH_MS
+    """Quiet caller audio may wait this long to go in one append (0: every frame at once)."""
 
 
 class Call(Failover):
@@ -94,6 +96,7 @@ class Call(Failover):
         self.ledger = PlaybackLedger(config.truncate_slack_ms)
         self.uplink = Uplink()
         self.utterance = Utterance()
+        self.quiet = QuietBatch(config.quiet_batch_ms)
         self.conversation = Conversation()
         self.stats = CallStats()
         self.answers = Answers(self.ledger, self.conversation, self.stats)
@@ -189,10 +192,14 @@ class Call(Failover):
     def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
         if self.ended:
             return []
+        live = self.sessions.live
+        commands: list[Command] = []
+        if live is not None and live.configured and self.phase is not Phase.RECONNECTING:
+            commands = self._send_quiet(live.id)  # the last of the caller's audio, as sent
         self.phase = Phase.ENDED
         self.end_reason = reason
         self.ended_at = now
-        return [EndCall(reason, twilio_close_code)]
+        return [*commands, EndCall(reason, twilio_close_code)]
 
     def _on_timer(self, now: float) -> list[Command]:
         deadline = self.next_deadline()
@@ -286,13 +293,20 @@ class Call(Failover):
         return self._append(self.uplink.frame(media, now))
 
     def _append(self, mulaw: bytes) -> list[Command]:
-        """Caller audio to the live session; held until it is configured; dropped while reconnecting."""
-        pcm = self._audio.to_model(mulaw)
+        """Caller audio to the live session (quiet audio in batches); held until it is configured; dropped
+        while reconnecting."""
         live = self.sessions.live
         ms = len(mulaw) // twilio.BYTES_PER_MS
         if live is not None and live.configured and self.phase is not Phase.RECONNECTING:
+            quiet = self.quiet
+            if quiet.limit_ms and not self._caller_speaking and is_quiet(mulaw):
+                return self._send_quiet(live.id) if quiet.add(mulaw, ms) else []
+            commands = self._send_quiet(live.id) if quiet.ms else []
+            pcm = self._audio.to_model(mulaw)
             self.utterance.add(pcm, ms)
-            return [ToModel(live.id, realtime.AppendAudio(pcm))]
+            commands.append(ToModel(live.id, realtime.AppendAudio(pcm)))
+            return commands
+        pcm = self._audio.to_model(mulaw)
         if self.phase is Phase.RECONNECTING:
             self.uplink.stats.dropped_ms += ms
             return []
@@ -301,6 +315,15 @@ class Call(Failover):
         if self._held_ms > MAX_PENDING_INPUT_MS:
             return self._end(self.uplink.last_media_at, "model socket not ready in time")
         return []
+
+    def _send_quiet(self, link: int) -> list[Command]:
+        """The quiet batch, converted in one go, as one append to ``link``."""
+        ms = self.quiet.ms
+        if not ms:
+            return []
+        pcm = self._audio.to_model(self.quiet.take())
+        self.utterance.add(pcm, ms)
+        return [ToModel(link, realtime.AppendAudio(pcm))]
 
     # --- model events -------------------------------------------------------------------------------
 
@@ -324,7 +347,8 @@ class Call(Failover):
                 self.utterance.started(audio_start_ms)
                 self.uplink.last_media_at = max(self.uplink.last_media_at, now)
                 server_cancels = self.agent is None or self.agent.turn_detection.interrupt_response
-                return answers.barge_in(now, link.id, server_cancels=server_cancels)
+                barge_in = answers.barge_in(now, link.id, server_cancels=server_cancels)
+                return barge_in + self._send_quiet(link.id)
             case realtime.SpeechStopped():
                 self._caller_speaking = False
                 self.utterance.stopped()

@@ -30,7 +30,7 @@ from service.core.links import Link, LinkState, Sessions
 from service.core.phase import Phase
 from service.core.session import context_items, session_for
 from service.core.summary import CallStats
-from service.core.uplink import Uplink, Utterance
+from service.core.uplink import QuietBatch, Uplink, Utterance
 from service.wire import realtime
 
 if TYPE_CHECKING:
@@ -65,9 +65,13 @@ class Failover:
     _caller_speaking: bool
     utterance: Utterance
     uplink: Uplink
+    quiet: QuietBatch
     _resume_answer: bool
 
     def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
+        raise NotImplementedError
+
+    def _send_quiet(self, link: int) -> list[Command]:
         raise NotImplementedError
 
     def _on_model_opened(self, link_id: int, wall_s: float, now: float) -> list[Command]:
@@ -130,6 +134,8 @@ class Failover:
 
     def _lost_live(self, now: float) -> list[Command]:
         """The live socket is gone: clean up what it was doing, then open another (or give up)."""
+        self.uplink.stats.dropped_ms += self.quiet.ms  # quiet audio that was waiting for it
+        self.quiet.take()
         sessions = self.sessions
         spare = sessions.spare
         if spare is not None and spare.configured and sessions.retry is None:
@@ -171,6 +177,8 @@ class Failover:
     def _switch(self, now: float, *, forced: bool) -> list[Command]:
         """Make the spare the live session: replay the conversation to it, then close the old one."""
         commands: list[Command] = self._drop_answer(now) if forced else []
+        if self.sessions.live is not None:
+            commands += self._send_quiet(self.sessions.live.id)  # the old session hears all it was due
         old = self.sessions.promote_spare()
         live = self.sessions.live
         assert live is not None

@@ -15,6 +15,13 @@ frames) is filled with mu-law silence. A peer cannot turn that into a flood:
 While the caller speaks and Twilio sends nothing for :data:`SILENCE_INJECT_AFTER_S`, one second of
 silence is appended so that the server VAD can close the turn (phone legs may omit silent audio).
 
+:class:`QuietBatch` lets quiet audio wait, up to :data:`QUIET_BATCH_MS`, so that it goes to the model in one
+append instead of five: only while the server VAD does not hear the caller, and only frames with no
+sample above :data:`QUIET_LEVEL` (about -48 dBFS). Any other frame sends the batch and itself at once,
+so the VAD hears the onset of speech (a barge-in) without delay: the saving costs no latency where
+latency matters. (Each append is a websocket message, a base64 encoding and a write: most of a call's
+CPU is per message.)
+
 :class:`Utterance` keeps what the model was sent of the utterance in progress (from a little before
 the server VAD heard it start), so that a session replacing a lost one hears the caller's whole
 sentence, not its tail.
@@ -26,7 +33,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from service.core.audio import MULAW_SILENCE
+from service.core.audio import MULAW_MAGNITUDE, MULAW_SILENCE
 from service.wire import twilio
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,10 @@ UTTERANCE_LEAD_MS = 2_000
 and points back into this (with its ``prefix_padding_ms``, 300 by default)."""
 MAX_UTTERANCE_MS = 8_000
 """The most of one utterance kept for a new session (24 kHz PCM16: 48 kB a second)."""
+QUIET_LEVEL = 128
+"""A frame whose samples are all at most this (|linear PCM16|) may wait in the quiet batch."""
+QUIET_BATCH_MS = 100
+_QUIET_CODES = bytes(code for code in range(256) if MULAW_MAGNITUDE[code] <= QUIET_LEVEL)
 WARN_EVERY_S = 10.0
 """A repeated warning about a peer's input is logged at most this often (with a count of the rest)."""
 
@@ -172,6 +183,30 @@ class Uplink:
         if self._expected_ms is not None:
             self._expected_ms += SILENCE_INJECT_MS
         return SILENCE_BYTE * (SILENCE_INJECT_MS * BYTES_PER_MS)
+
+
+def is_quiet(mulaw: bytes) -> bool:
+    """No sample above :data:`QUIET_LEVEL` (one C pass: delete the quiet codes, see if anything is left)."""
+    return not mulaw.translate(None, _QUIET_CODES)
+
+
+class QuietBatch:
+    """Quiet caller audio waiting to go to the model in one append (see the module docstring)."""
+
+    def __init__(self, limit_ms: int = QUIET_BATCH_MS) -> None:
+        self.limit_ms = limit_ms
+        self._frames: list[bytes] = []
+        self.ms = 0
+
+    def add(self, mulaw: bytes, ms: int) -> bool:
+        """Keep a quiet frame; True when the batch is full and must go."""
+        self._frames.append(mulaw)
+        self.ms += ms
+        return self.ms >= self.limit_ms
+
+    def take(self) -> bytes:
+        frames, self._frames, self.ms = self._frames, [], 0
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 class Utterance:
