@@ -98,6 +98,7 @@ class Bridge:
         self._opening: dict[int, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._loop = asyncio.get_running_loop()
         self._end: EndCall | None = None
         self.ended: asyncio.Event = asyncio.Event()
         self._log_payloads = log_payloads and log.isEnabledFor(logging.DEBUG)
@@ -167,7 +168,7 @@ class Bridge:
                 continue
             match out:
                 case OpenModel(link=link, model=model, delay_s=delay_s):
-                    task = asyncio.get_running_loop().create_task(self._connect(link, model, delay_s))
+                    task = self._loop.create_task(self._connect(link, model, delay_s))
                     self._opening[link] = task
                 case CloseModel(link=link):
                     self._write()  # its last messages go before its close
@@ -245,9 +246,13 @@ class Bridge:
     # --- timer and end -----------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        """One timer for the call's next deadline, re-armed only when the deadline changes."""
+        """One timer for the call's next deadline. A deadline that moves later (every media frame moves
+        the silence-injection one) leaves the timer as it is: when it fires early, the call does nothing
+        and the timer is armed again for the new deadline. So a timer is armed a few times a second, not
+        once per message."""
         deadline = self.call.next_deadline()
-        if deadline == self._timer_at:
+        armed = self._timer_at
+        if deadline == armed or (armed is not None and deadline is not None and deadline > armed):
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -255,7 +260,7 @@ class Bridge:
         self._timer = None
         if deadline is not None:
             delay = max(0.0, deadline - self._clock())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._fire_timer)
+            self._timer = self._loop.call_later(delay, self._fire_timer)
 
     def _fire_timer(self) -> None:
         self._timer, self._timer_at = None, None
