@@ -30,7 +30,10 @@ until the first call ended, so set-up and tear-down fall outside):
 - ``CPU-s / call-min``: user + sys CPU of the server's process tree (``/proc/<pid>/stat``) over the
   window, divided by the call-minutes in it (calls x window). ``ratio`` = Dialtone / peer, same level
   and seed. ``server CPU %``: of one core.
-- ``up p50 / p99``: caller frame sent -> the fake model has its audio (the append that completes it).
+- ``up p50 / p99``: caller frame sent -> the fake model has its audio (the append that completes it), for
+  the frames of the caller's speech: the latency the model's VAD and the conversation feel.
+  ``up quiet``: the same for the other frames (silence): Dialtone lets quiet audio wait up to 100 ms to
+  go in one append (``QUIET_BATCH_MS``; a louder frame sends it at once), so these are larger by design.
   ``down p50 / p99``: model delta sent -> the caller receives the first media frame of it. Socket to
   socket on 127.0.0.1, through the server; both ends are on this process's event loop, so any queueing
   in the generator is in these figures too (see ``gen CPU %`` and ``gen lag``).
@@ -320,7 +323,8 @@ class RunResult:
     server_idle_pct: float = 0.0
     rss_idle_kb: int = 0
     rss_load_kb: int = 0
-    up_ms: list[float] = field(default_factory=list)
+    up_ms: list[float] = field(default_factory=list)  # frames of speech
+    up_quiet_ms: list[float] = field(default_factory=list)  # the other frames
     down_ms: list[float] = field(default_factory=list)
     down_first_ms: list[float] = field(default_factory=list)
     lag_ms: list[float] = field(default_factory=list)
@@ -592,8 +596,10 @@ def collect(
                 r = recv_t[k]
                 if r != r:
                     missing += 1
-                else:
+                elif k in call.speech:
                     result.up_ms.append((r - s) * 1000)
+                else:
+                    result.up_quiet_ms.append((r - s) * 1000)
                 result.lag_ms.append(lag[k] * 1000)
         if missing:
             result.problem(
@@ -657,6 +663,7 @@ COLUMNS = (
     "CPU-s / call-min",
     "ratio D/P",
     "up p50 / p99 ms",
+    "up quiet p50 / p99 ms",
     "down p50 / p99 ms",
     "RSS/call KB",
     "gen CPU %",
@@ -724,6 +731,7 @@ def row(r: RunResult, results: list[RunResult]) -> list[str]:
         f"{r.cpu_per_call_min:.3f}" if ok else "-",
         ratio,
         lat(r.up_ms),
+        lat(r.up_quiet_ms),
         lat(r.down_ms),
         f"{r.rss_per_call_kb:.0f}" if ok else "-",
         f"{r.pct(r.gen_cpu_s):.0f}" if ok else "-",
