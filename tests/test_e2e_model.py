@@ -151,7 +151,8 @@ async def test_a_fatal_error_is_not_retried_and_the_caller_gets_the_apology() ->
     async with LocalStack(sim=sim) as stack:
         record = await call(stack, script=[Say(QUESTION, AfterAgentSilent(400))], max_duration_ms=20_000)
         await all_closed(sim)
-    assert len(sim.connections) == 1 and sim.connections[0].close_code == 3000
+    # not retried: one socket; closed by the server (3000) or by us first, on the error event (1000)
+    assert len(sim.connections) == 1 and sim.connections[0].close_code in (1000, 3000)
     assert record.end_reason == "server_closed"
     assert [v.name for v in record.after_connect] == ["Say", "Hangup"]
 
