@@ -91,3 +91,34 @@ def test_the_model_clients_text_frames_are_masked_frames_any_server_reads() -> N
         (frame,) = server.events_received()
         assert frame.data == b"a" * size
     assert len(keys) == 8  # a new key for every frame
+
+
+async def test_frames_split_and_joined_across_reads_and_a_ping_then_the_librarys_path() -> None:
+    server, client, transport, messages, closes = pair()
+    for text in (b"one", b"two" * 100, b"three" * 20_000):  # 7, 16 and 64 bit lengths
+        client.send_text(text)
+    wire = b"".join(client.data_to_send())
+    for i in range(0, len(wire), 7):  # seven bytes a read: every frame split, headers too
+        server.receive(wire[i : i + 7])
+    client.send_text(b"four")
+    client.send_text(b"five")
+    server.receive(b"".join(client.data_to_send()))  # two frames in one read
+    assert messages == ["one", "two" * 100, "three" * 20_000, "four", "five"]
+    client.send_ping(b"hi")
+    client.send_text(b"six")
+    server.receive(b"".join(client.data_to_send()))  # a control frame: the library takes over, for good
+    client.receive_data(bytes(transport.written))
+    assert [e.opcode.name for e in client.events_received()] == ["PONG"]
+    assert messages[-1] == "six" and not server._fast
+    client.send_close(1000, "")
+    server.receive(b"".join(client.data_to_send()))
+    server.connection_lost()
+    assert closes == [(1000, "code 1000")]
+
+
+async def test_an_unmasked_frame_from_a_client_is_a_protocol_error() -> None:
+    server, _, transport, messages, _ = pair()
+    server.receive(b"\x81\x03abc")  # a server must refuse unmasked client frames (RFC 6455 §5.1)
+    assert messages == []
+    assert transport.written.startswith(b"\x88")  # a close frame...
+    assert int.from_bytes(transport.written[2:4], "big") == 1002  # ...with "protocol error"

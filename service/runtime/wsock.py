@@ -92,52 +92,60 @@ class WebSocket:
         self.handle(self.protocol.events_received())
 
     def _receive_fast(self, data: bytes) -> None:
-        """Deliver the whole simple data frames at the head of the buffer (see the module docstring)."""
-        buffer = self._buffer
-        buffer += data
-        size = len(buffer)
+        """Deliver the whole simple data frames at the head of the stream (see the module docstring).
+
+        The usual read is exactly one frame: it is parsed from ``data`` itself; only a partial frame
+        is kept, in ``_buffer``, for the next read.
+        """
+        if self._buffer:
+            self._buffer += data
+            buf: bytes | bytearray = self._buffer
+        else:
+            buf = data
+        size = len(buf)
         pos = 0
         masked = self._masked
         key_len = 4 if masked else 0
         while size - pos >= 2:
-            b0, b1 = buffer[pos], buffer[pos + 1]
+            b0, b1 = buf[pos], buf[pos + 1]
             opcode = b0 & 0x0F
             if b0 & 0xF0 != 0x80 or opcode not in (1, 2) or bool(b1 & 0x80) is not masked:
-                self._leave_fast(pos)
+                self._leave_fast(buf, pos)
                 return
             length = b1 & 0x7F
             head = pos + 2
             if length == 126:
                 if size - pos < 4:
                     break
-                length = (buffer[head] << 8) | buffer[head + 1]
+                length = (buf[head] << 8) | buf[head + 1]
                 head += 2
             elif length == 127:
                 if size - pos < 10:
                     break
-                length = int.from_bytes(buffer[head : head + 8], "big")
+                length = int.from_bytes(buf[head : head + 8], "big")
                 head += 8
             if length > self._fast_limit:
-                self._leave_fast(pos)
+                self._leave_fast(buf, pos)
                 return
             start = head + key_len
             end = start + length
             if end > size:
                 break
-            payload = memoryview(buffer)[start:end]
-            data_out = apply_mask(payload, bytes(buffer[head:start])) if masked else bytes(payload)
-            payload.release()
+            payload = apply_mask(buf[start:end], buf[head:start]) if masked else bytes(buf[start:end])
             pos = end
-            self._deliver(data_out, opcode == 1)
+            self._deliver(payload, opcode == 1)
             if not self._fast or self.protocol.state is not State.OPEN:
-                self._leave_fast(pos)
+                self._leave_fast(buf, pos)
                 return
-        del buffer[:pos]
+        if pos < size:
+            self._buffer = bytearray(buf[pos:])
+        elif self._buffer:
+            self._buffer = bytearray()
 
-    def _leave_fast(self, pos: int) -> None:
+    def _leave_fast(self, buf: bytes | bytearray, pos: int) -> None:
         """Hand the rest of the stream, from ``pos``, to the library's protocol, for good."""
         self._fast = False
-        rest = bytes(self._buffer[pos:])
+        rest = bytes(buf[pos:])
         self._buffer = bytearray()
         if rest:
             self.protocol.receive_data(rest)
