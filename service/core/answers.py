@@ -20,6 +20,7 @@ from service.core.commands import Command, ToModel
 from service.core.conversation import Conversation
 from service.core.playback import PlaybackLedger
 from service.core.playout import Playout
+from service.core.record import Timeline
 from service.core.summary import CallStats
 from service.wire import realtime
 
@@ -27,8 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class Answers:
-    def __init__(self, ledger: PlaybackLedger, conversation: Conversation, stats: CallStats) -> None:
+    def __init__(
+        self, ledger: PlaybackLedger, conversation: Conversation, stats: CallStats, timeline: Timeline
+    ) -> None:
         self.ledger = ledger
+        self._timeline = timeline
         self.active: str | None = None
         """The response in progress (``response.created`` seen, ``response.done`` not yet)."""
         self._conversation = conversation
@@ -107,7 +111,9 @@ class Answers:
         ended_at = self._turn_ended_at
         if echo.counted and echo.end_ms == 0 and self._awaiting_first_audio and ended_at is not None:
             self._awaiting_first_audio = False
-            self._stats.first_audio_ms.append(round((now - ended_at) * 1000))
+            latency_ms = round((now - ended_at) * 1000)
+            self._stats.first_audio_ms.append(latency_ms)
+            self._timeline.note(now, "agent_heard", latency_ms=latency_ms)
 
     # --- interruptions -----------------------------------------------------------------------
 
@@ -125,6 +131,8 @@ class Answers:
         cut = self._playout.interrupt(now)
         self._cut_turns(cut.heard)
         self._stats.barge_ins += 1
+        heard_ms = sum(cut.heard.values())
+        self._timeline.note(now, "barge_in", heard_ms=heard_ms, truncated=len(cut.truncations))
         self._stats.truncations += len(cut.truncations)
         truncates = [ToModel(link, realtime.TruncateItem(t.item_id, t.audio_end_ms)) for t in cut.truncations]
         log.info("barge-in: cleared playback, %d truncation(s)", len(truncates))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
@@ -55,6 +56,7 @@ from service.core.links import Link, LinkState, RolloverPolicy, Sessions
 from service.core.phase import Phase
 from service.core.playback import PlaybackLedger
 from service.core.reconnect import ReconnectPolicy
+from service.core.record import CallRecord, Timeline, TurnRecord
 from service.core.session import greeting_instructions
 from service.core.summary import CallStats, summary_line
 from service.core.uplink import QUIET_BATCH_MS, QuietBatch, Throttle, Uplink, Utterance, is_quiet
@@ -99,7 +101,8 @@ class Call(Failover):
         self.quiet = QuietBatch(config.quiet_batch_ms)
         self.conversation = Conversation()
         self.stats = CallStats()
-        self.answers = Answers(self.ledger, self.conversation, self.stats)
+        self.timeline = Timeline()
+        self.answers = Answers(self.ledger, self.conversation, self.stats, self.timeline)
         self.sessions = Sessions(default_model, config.reconnect, config.rollover, rng or random.Random(0))
         self.agent: Agent | None = None
         self.call_sid: str | None = None
@@ -113,6 +116,7 @@ class Call(Failover):
         self._held: list[tuple[bytes, int]] = []  # (PCM, ms)
         self._held_ms = 0
         self._caller_speaking = False
+        self._start_params: Mapping[str, str] = {}
         self._throttles: dict[str, Throttle] = {}
 
     @property
@@ -139,6 +143,7 @@ class Call(Failover):
                 commands = self._on_timer(now)
             case StreamAccepted():
                 self._begun_at = now
+                self.timeline.origin = now
                 commands = [self.sessions.open_live()]  # pre-warm while Twilio sends ``start``
             case StartAuthorized(agent=agent):
                 commands = self._on_authorized(agent, now)
@@ -199,6 +204,7 @@ class Call(Failover):
         self.phase = Phase.ENDED
         self.end_reason = reason
         self.ended_at = now
+        self.timeline.note(now, "ended", reason=reason)
         return [*commands, EndCall(reason, twilio_close_code)]
 
     def _on_timer(self, now: float) -> list[Command]:
@@ -257,6 +263,7 @@ class Call(Failover):
         self.phase = Phase.AUTHORIZING
         self.call_sid = start.call_sid
         self.stream_sid = start.stream_sid
+        self._start_params = start.custom_parameters
         return [Authorize(start)]
 
     def _on_authorized(self, agent: Agent, now: float) -> list[Command]:
@@ -344,6 +351,7 @@ class Call(Failover):
                 return answers.audio_done(item_id, response_id, now)
             case realtime.SpeechStarted(audio_start_ms=audio_start_ms):
                 self._caller_speaking = True
+                self.timeline.note(now, "caller_started")
                 self.utterance.started(audio_start_ms)
                 self.uplink.last_media_at = max(self.uplink.last_media_at, now)
                 server_cancels = self.agent is None or self.agent.turn_detection.interrupt_response
@@ -351,6 +359,7 @@ class Call(Failover):
                 return barge_in + self._send_quiet(link.id)
             case realtime.SpeechStopped():
                 self._caller_speaking = False
+                self.timeline.note(now, "caller_stopped")
                 self.utterance.stopped()
                 answers.caller_stopped(now)
                 return []
@@ -376,6 +385,8 @@ class Call(Failover):
                 return []
             case realtime.CallerTranscript(item_id=item_id, transcript=text):
                 self.conversation.caller_transcript(item_id, text, now)
+                self.stats.transcription_tokens += event.usage_tokens
+                self.stats.transcription_seconds += event.usage_seconds
                 return []
             case realtime.AgentTranscript(item_id=item_id, transcript=text):
                 self.conversation.agent_transcript(item_id, text, now)
@@ -402,6 +413,7 @@ class Call(Failover):
         reconnect_ms = self.sessions.recovered(now)
         if reconnect_ms is not None:
             self.stats.reconnect_ms.append(reconnect_ms)
+            self.timeline.note(now, "model_back", reconnect_ms=reconnect_ms)
         if self.phase is Phase.CONFIGURING:
             self.phase = Phase.LIVE
         if self._greeting_due and self.agent is not None and self.agent.greeting:
@@ -434,6 +446,42 @@ class Call(Failover):
             case _:
                 assert_never(error.kind)
         return []
+
+    def record(self, now: float) -> CallRecord:
+        """The call's record (the runtime adds the wall clock); meant for when it has ended."""
+        params = self._start_params
+        transcript = tuple(
+            TurnRecord(
+                role=turn.role,
+                text=turn.text,
+                started_s=round(turn.started_at - self.timeline.origin, 3),
+                interrupted=turn.interrupted,
+                heard_text=turn.heard_text if turn.interrupted else None,
+            )
+            for turn in self.conversation
+        )
+        stats = self.stats
+        return CallRecord(
+            call_sid=self.call_sid,
+            direction=params.get("direction", "inbound"),
+            caller=params.get("from", ""),
+            called=params.get("to", ""),
+            agent=self.agent.key if self.agent else None,
+            model=self.sessions.model,
+            duration_s=round((self.ended_at or now) - (self.started_at or self._begun_at), 3),
+            end_reason=self.end_reason,
+            transcript=transcript,
+            timeline=tuple(self.timeline.events),
+            tool_calls=(),
+            barge_ins=stats.barge_ins,
+            reconnect_ms=tuple(stats.reconnect_ms),
+            rollovers=stats.rollovers,
+            first_audio_ms=tuple(stats.first_audio_ms),
+            usage=stats.usage,
+            transcription_seconds=round(stats.transcription_seconds, 3),
+            transcription_tokens=stats.transcription_tokens,
+            summary=self.summary(now),
+        )
 
     def summary(self, now: float) -> dict[str, Any]:
         """The one summary line's fields (no transcripts, no audio)."""

@@ -28,6 +28,7 @@ from service.core.conversation import Conversation
 from service.core.inputs import ModelClosed
 from service.core.links import Link, LinkState, Sessions
 from service.core.phase import Phase
+from service.core.record import Timeline
 from service.core.session import context_items, session_for
 from service.core.summary import CallStats
 from service.core.uplink import QuietBatch, Uplink, Utterance
@@ -66,6 +67,7 @@ class Failover:
     utterance: Utterance
     uplink: Uplink
     quiet: QuietBatch
+    timeline: Timeline
     _resume_answer: bool
 
     def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
@@ -144,6 +146,7 @@ class Failover:
         if sessions.retry is None:
             mid_call = self.phase in (Phase.CONFIGURING, Phase.LIVE)
             if mid_call:
+                self.timeline.note(now, "model_lost")
                 if len(self.stats.reconnect_ms) >= self.config.reconnect.max_per_call:
                     return self._end(now, "model socket lost too many times")
                 commands += self._drop_answer(now)
@@ -187,6 +190,7 @@ class Failover:
             commands.append(CloseModel(old.id))
         self.phase = Phase.LIVE if live.state is LinkState.READY else Phase.CONFIGURING
         self.stats.rollovers += 1
+        self.timeline.note(now, "rollover", forced=forced)
         log.info("model session rolled over (%s)", "forced" if forced else "at a quiet moment")
         return commands
 

@@ -25,6 +25,8 @@ class CallStats:
     """Per model socket lost mid-call: loss to the new session's ``session.updated``."""
     rollovers: int = 0
     """Sessions replaced before their time limit (make before break)."""
+    transcription_tokens: int = 0
+    transcription_seconds: float = 0.0
 
 
 def summary_line(

@@ -103,10 +103,14 @@ class AgentTranscript:
 
 @dataclass(frozen=True, slots=True)
 class CallerTranscript:
-    """``conversation.item.input_audio_transcription.completed``."""
+    """``conversation.item.input_audio_transcription.completed``, with its usage (billed apart)."""
 
     item_id: str
     transcript: str = field(repr=False)
+    usage_tokens: int = 0
+    """``usage.type == "tokens"``: the total tokens."""
+    usage_seconds: float = 0.0
+    """``usage.type == "duration"``: the seconds of audio."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +463,15 @@ def _decode(kind: str, msg: Mapping[str, Any]) -> Event:
                 fields.text(msg, "transcript", kind),
             )
         case "conversation.item.input_audio_transcription.completed":
-            return CallerTranscript(fields.text(msg, "item_id", kind), fields.text(msg, "transcript", kind))
+            usage = msg.get("usage")
+            tokens, seconds = 0, 0.0
+            if isinstance(usage, dict):
+                tokens = _count(usage, "total_tokens")
+                raw_seconds = usage.get("seconds")
+                if isinstance(raw_seconds, int | float) and not isinstance(raw_seconds, bool):
+                    seconds = max(0.0, float(raw_seconds))
+            item_id, transcript = fields.text(msg, "item_id", kind), fields.text(msg, "transcript", kind)
+            return CallerTranscript(item_id, transcript, tokens, seconds)
         case "conversation.item.truncated":
             return ItemTruncated(fields.text(msg, "item_id", kind), fields.integer(msg, "audio_end_ms", kind))
         case "response.done":
