@@ -17,7 +17,11 @@
     [numbers."+15551230001"]        # the called number (E.164): inherits every key it does not set
     instructions = "..."
 
-``parse_agents(text, source)`` is pure and raises ``ConfigError`` listing every problem with its key path.
+The keys that let an agent act (tools, mcp, call_control, transfers, keypad) are described in
+:mod:`service.agent_actions`.
+
+``parse_agents(text, source, env)`` is pure and raises ``ConfigError`` listing every problem with its key
+path (``env`` fills ``${VAR}`` in tool headers).
 ``AgentStore`` owns the file: it stats it on each lookup and reloads when it changed; an invalid edit keeps
 the last good book and logs the problems once.
 """
@@ -34,6 +38,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from service.agent_actions import ACTION_KEYS, check_references, parse_actions
 from service.config import DEPRECATED_MODELS
 from service.core.agent import Agent, TurnDetection
 from service.errors import ConfigError
@@ -91,7 +96,7 @@ class AgentBook:
         return len(self.numbers) + (self.default is not None)
 
 
-def parse_agents(text: str, source: str = "agents file") -> AgentBook:
+def parse_agents(text: str, source: str = "agents file", env: Mapping[str, str] | None = None) -> AgentBook:
     """Parse and validate an agents file; ``ConfigError`` lists every problem with its key path."""
     try:
         doc = tomllib.loads(text)
@@ -107,7 +112,7 @@ def parse_agents(text: str, source: str = "agents file") -> AgentBook:
     default_fields: dict[str, Any] = {}
     if raw_default is not None:
         if isinstance(raw_default, dict):
-            default_fields = _fields(raw_default, DEFAULT_KEY, problems)
+            default_fields = _fields(raw_default, DEFAULT_KEY, env or {}, problems)
             if "instructions" not in default_fields and "instructions" not in raw_default:
                 problems.append("default.instructions: required")
             default = _build(DEFAULT_KEY, {}, default_fields, DEFAULT_KEY, problems)
@@ -126,7 +131,7 @@ def parse_agents(text: str, source: str = "agents file") -> AgentBook:
         if not isinstance(raw, dict):
             problems.append(f"{path}: must be a table")
             continue
-        own = _fields(raw, path, problems)
+        own = _fields(raw, path, env or {}, problems)
         if "instructions" not in own and "instructions" not in raw and raw_default is None:
             problems.append(f"{path}.instructions: required (there is no [default] to inherit from)")
         agent = _build(number, default_fields, own, path, problems)
@@ -135,16 +140,22 @@ def parse_agents(text: str, source: str = "agents file") -> AgentBook:
 
     if raw_default is None and not raw_numbers and not problems:
         problems.append('no agents: add a [default] table or a [numbers."+E164"] table')
+    everyone: dict[str, Agent] = dict(numbers)
+    if default is not None:
+        everyone[DEFAULT_KEY] = default
+    check_references(everyone, problems)
     if problems:
         raise ConfigError(problems, source=source)
     return AgentBook(default=default, numbers=MappingProxyType(numbers))
 
 
-def _fields(raw: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
+def _fields(raw: dict[str, Any], path: str, env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
     """Check one table's own keys; return the valid ones as Agent field values (turn detection as a dict)."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = parse_actions(raw, path, env, problems)
     for name, value in raw.items():
         where = f"{path}.{_key(name)}"
+        if name in ACTION_KEYS:
+            continue
         if name not in _AGENT_KEYS:
             problems.append(f"{where}: unknown key")
         elif name == "turn_detection":
@@ -247,9 +258,12 @@ class AgentStore:
     file) keeps the last good book and logs the problems once per change.
     """
 
-    def __init__(self, path: str | Path, *, stat: Stat = os.stat) -> None:
+    def __init__(
+        self, path: str | Path, *, stat: Stat = os.stat, env: Mapping[str, str] | None = None
+    ) -> None:
         self.path = Path(path)
         self._stat = stat
+        self._env: Mapping[str, str] = os.environ if env is None else env
         stamp = self._stamp()
         if stamp is None:
             raise ConfigError(
@@ -300,7 +314,7 @@ class AgentStore:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"cannot read: {exc.__class__.__name__}"], source=str(self.path)) from None
-        book = parse_agents(text, source=str(self.path))
+        book = parse_agents(text, source=str(self.path), env=self._env)
         agents = [book.default, *book.numbers.values()]
         for agent in agents:
             if agent is not None and agent.model in DEPRECATED_MODELS:

@@ -24,6 +24,8 @@ every problem at once. Messages name the variable, never the value of a secret.
     ROLLOVER_MARGIN_S       default 300: replace a model session this long before its 60-minute limit
     CONTEXT_REPLAY_TOKENS   default 4000: conversation replayed to a replacement session, at most
     QUIET_BATCH_MS          default 100: quiet caller audio may wait this long to go in one append (0: off)
+    TOOLS_SIGNING_SECRET    secret (>= 16 chars) signing requests to the agents' HTTP tools; required when
+                            an agent has tools
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ from service.core.reconnect import ReconnectPolicy
 from service.errors import ConfigError
 
 __all__ = [
+    "ACTION_PATH",
     "DEFAULT_REALTIME_MODEL",
     "DEFAULT_REALTIME_URL",
     "DEPRECATED_MODELS",
+    "DIAL_DONE_PATH",
     "MEDIA_PATH",
     "VOICE_PATH",
+    "WHISPER_PATH",
     "Settings",
     "StreamSignature",
     "load_settings",
@@ -58,6 +63,12 @@ __all__ = [
 
 VOICE_PATH = "/twilio/voice"
 MEDIA_PATH = "/twilio/media"
+ACTION_PATH = "/twilio/action"
+"""``<Connect action>``: Twilio asks here what to do once the stream has ended."""
+DIAL_DONE_PATH = "/twilio/dial-done"
+"""``<Dial action>`` of a transfer: what to do when the dial is over (nobody answered: the fallback)."""
+WHISPER_PATH = "/twilio/whisper"
+"""``<Number url>`` of a transfer: said to whoever answers before the caller is connected."""
 
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
@@ -110,6 +121,7 @@ class Settings:
     rollover_margin_s: float = 300.0
     context_replay_tokens: int = 4_000
     quiet_batch_ms: int = 100
+    tools_signing_secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -185,6 +197,10 @@ class Settings:
         else:
             secret = derive_stream_token_secret(auth_token)
 
+        raw_tools_secret = get("TOOLS_SIGNING_SECRET")
+        if raw_tools_secret is not None and len(raw_tools_secret) < _MIN_TOKEN_SECRET_CHARS:
+            problems.append(f"TOOLS_SIGNING_SECRET: must be at least {_MIN_TOKEN_SECRET_CHARS} characters")
+
         record_dir = get("RECORD_CALLS_DIR")
         slack_ms = _int_in(get("TRUNCATE_SLACK_MS"), "TRUNCATE_SLACK_MS", 0, 0, 200, problems)
         log_payloads = _bool(get("LOG_PAYLOADS"), "LOG_PAYLOADS", problems)
@@ -224,6 +240,7 @@ class Settings:
             rollover_margin_s=margin_s,
             context_replay_tokens=context_tokens,
             quiet_batch_ms=quiet_batch_ms,
+            tools_signing_secret=raw_tools_secret.encode() if raw_tools_secret is not None else None,
         )
 
     @property

@@ -9,7 +9,7 @@ from callkit import AGENT, CALL, SID, Driver, delta, error, links, media, sent, 
 
 from service.core.agent import Agent, TurnDetection
 from service.core.call import Phase
-from service.core.commands import Authorize, CloseModel, EndCall, OpenModel
+from service.core.commands import Authorize, CloseModel, EndCall, OpenModel, ToModel
 from service.core.inputs import StartRejected
 from service.wire import realtime, twilio
 
@@ -127,12 +127,13 @@ def test_barge_in_with_nothing_playing_sends_nothing() -> None:
     assert d.model(realtime.SpeechStarted("item_u", 100), 1.0) == []
 
 
-def test_barge_in_before_anything_was_heard_clears_but_does_not_truncate() -> None:
+def test_barge_in_before_anything_was_heard_clears_and_deletes_the_unheard_item() -> None:
     d = live_call()
     d.model(realtime.ResponseCreated("resp_1"), 1.0)
     d.model(delta(100), 1.0)
     barge = d.model(realtime.SpeechStarted("item_u", 900), 1.01)
-    assert barge == [twilio.SendClear(SID)]
+    # nothing of it was heard: no truncate, it leaves the model's conversation
+    assert barge == [twilio.SendClear(SID), ToModel(1, realtime.DeleteItem("item_a"))]
 
 
 def test_barge_in_after_all_audio_was_sent_but_still_playing() -> None:

@@ -20,6 +20,7 @@ from service.sim.caller import CallRecord, place_call
 from service.sim.realtime_server import RealtimeSimulator, SimConnection
 from service.sim.script import AfterAgentSilent, AfterAgentStarted, HangUp, ReplyScript, Say, load_clip
 from service.sim.stack import API_KEY, DEFAULT_AGENTS_FILE, LocalStack, start_message
+from service.web.after_stream import APOLOGY
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -298,5 +299,7 @@ async def test_a_model_that_refuses_or_cannot_be_reached_gets_the_caller_an_apol
             stack, script=[Say(QUESTION, AfterAgentSilent(timeout_ms=300))], max_duration_ms=15_000
         )
     assert record.end_reason == "server_closed"
-    assert record.runs_after_connect
-    assert [v.name for v in record.after_connect] == ["Say", "Hangup"]
+    # Twilio asks <Connect action> what to do: the apology, then the hang-up
+    assert record.action is not None and record.action.status == 200
+    assert [v.name for v in record.action_verbs] == ["Say", "Hangup"]
+    assert record.action_verbs[0].text == APOLOGY

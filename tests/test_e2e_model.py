@@ -154,7 +154,7 @@ async def test_a_fatal_error_is_not_retried_and_the_caller_gets_the_apology() ->
     # not retried: one socket; closed by the server (3000) or by us first, on the error event (1000)
     assert len(sim.connections) == 1 and sim.connections[0].close_code in (1000, 3000)
     assert record.end_reason == "server_closed"
-    assert [v.name for v in record.after_connect] == ["Say", "Hangup"]
+    assert [v.name for v in record.action_verbs] == ["Say", "Hangup"]  # the apology, from <Connect action>
 
 
 async def test_a_session_at_its_limit_is_rolled_over_without_losing_a_byte() -> None:

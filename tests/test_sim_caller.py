@@ -1,11 +1,13 @@
 """The Twilio caller simulator against a tiny fake server written here: a raw asyncio HTTP webhook and a
-websockets media endpoint that check Twilio's signatures and play a scripted exchange.
+websockets media endpoint that check Twilio's signatures and play a scripted exchange; and, for
+``<Connect action>``, an aiohttp app that answers the voice webhook and the action URLs with TwiML.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import re
 import wave
@@ -16,12 +18,23 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 import pytest
+from aiohttp import web
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from service.core.dtmf import tones as dtmf_tones
 from service.sim.caller import CallRecord, Playback, place_call
-from service.sim.script import AfterAgentSilent, AfterAgentStarted, At, HangUp, Say, load_clip, pcm16_to_ulaw
+from service.sim.script import (
+    AfterAgentSilent,
+    AfterAgentStarted,
+    At,
+    HangUp,
+    Press,
+    Say,
+    load_clip,
+    pcm16_to_ulaw,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -401,3 +414,227 @@ def test_playback_is_pure_and_exact() -> None:
     playback.push_audio(b"\x03" * 8, 200.0)
     playback.advance(300.0)
     assert heard[-1] == (200.0, bytearray(b"\x03" * 8)) and playback.last_end_ms == 201.0
+
+
+# --- the keypad both ways ---------------------------------------------------------------------------
+
+
+async def test_press_sends_one_dtmf_message_per_key() -> None:
+    async def behaviour(server: FakeServer) -> None:
+        for _ in range(3):
+            await server.next_event("dtmf")
+        await server.next_event("stop")
+
+    script = [Press("1#0", At(100)), HangUp(AfterAgentSilent(0, timeout_ms=200))]
+    async with FakeServer(behaviour) as server:
+        record = await call(server, script=script)
+    dtmf = [m for m in server.received if m["event"] == "dtmf"]
+    assert [m["dtmf"] for m in dtmf] == [{"track": "inbound_track", "digit": d} for d in "1#0"]
+    assert all(set(m) == {"event", "sequenceNumber", "streamSid", "dtmf"} for m in dtmf)
+    assert all(m["streamSid"] == record.stream_sid for m in dtmf)
+    numbers = [int(m["sequenceNumber"]) for m in server.received[1:]]
+    assert numbers == list(range(1, len(numbers) + 1))  # one sequence for every message
+    assert [key for _, key in record.pressed] == ["1", "#", "0"]
+    times = [ms for ms, _ in record.pressed]
+    assert times[0] == 100 and all(140 <= b - a <= 160 for a, b in itertools.pairwise(times))
+    # the hang-up waited for the last key (the step ends with it), then the 200 ms timeout
+    assert record.end_reason == "caller_hangup" and record.duration_ms >= times[-1] + 200
+    assert record.protocol_errors == []
+
+
+def test_press_refuses_keys_twilio_does_not_report() -> None:
+    with pytest.raises(ValueError, match="'A'"):
+        Press("12A")
+    with pytest.raises(ValueError, match="at least one key"):
+        Press("")
+    assert Press("*#").interval_ms == 150
+
+
+async def test_dtmf_tones_in_the_agent_audio_are_heard() -> None:
+    keys = dtmf_tones("4711#")
+
+    async def behaviour(server: FakeServer) -> None:
+        await server.wait_media(5)
+        await server.play(tone(300) + b"\xff" * 800 + keys, mark_prefix=None)
+        await server.wait_media(server.media_frames + len(keys) // 160 + 60)
+
+    async with FakeServer(behaviour) as server:
+        record = await call(server)
+    (start, _), = record.heard_runs  # fmt: skip
+    assert record.heard_digits == "4711#"
+    first = start + 400  # after the 300 ms tone and 100 ms of silence
+    assert [key for _, key in record.dtmf_heard] == list("4711#")
+    for i, (at, _) in enumerate(record.dtmf_heard):
+        assert abs(at - (first + i * 160)) <= 15
+
+
+# --- <Connect action> --------------------------------------------------------------------------------
+
+ACTION_CONNECT = (
+    '<Response><Connect action="/twilio/after-stream" method="POST"><Stream url="' + STREAM_URL + '">'
+    '<Parameter name="agent" value="default"/></Stream></Connect><Say>Not reached.</Say></Response>'
+)
+TRANSFER = (
+    '<?xml version="1.0" encoding="UTF-8"?><Response><Say voice="alice">Transferring you now.</Say>'
+    '<Dial callerId="+15551230001" timeout="20" action="/twilio/dial-done" method="POST">'
+    "<Number>+15551239876</Number><Sip>sip:desk@pbx.example.test</Sip></Dial></Response>"
+)
+DIAL_DONE = "<Response><Say>Sorry, nobody is free.</Say><Hangup/></Response>"
+ACTION_FIELDS = {"CallSid", "AccountSid", "From", "To", "CallStatus", "Direction", "ApiVersion"}
+
+
+class ActionApp:
+    """Dialtone's voice webhook and action URLs, faked with aiohttp: checks Twilio's signature over the
+    public URL (with its query string) and answers the TwiML given for each path."""
+
+    def __init__(self, voice: str, answers: dict[str, tuple[int, str]]) -> None:
+        self.voice = voice
+        self.answers = answers
+        self.requests: list[tuple[str, str, dict[str, str], bool]] = []  # method, path?query, fields, ok
+        self.base = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> ActionApp:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        url = PUBLIC + request.path_qs
+        if request.method == "POST":
+            fields = {k: str(v) for k, v in (await request.post()).items()}
+            ok = RequestValidator(TOKEN).validate(url, fields, request.headers.get("X-Twilio-Signature", ""))
+        else:
+            fields = dict(request.query)
+            ok = RequestValidator(TOKEN).validate(url, {}, request.headers.get("X-Twilio-Signature", ""))
+        self.requests.append((request.method, request.path_qs, fields, ok))
+        if not ok:
+            return web.Response(status=403, text="forbidden")
+        if request.path == "/twilio/voice":
+            return web.Response(text=self.voice, content_type="text/xml")
+        status, twiml = self.answers[request.path]
+        return web.Response(status=status, text=twiml, content_type="text/xml")
+
+
+async def call_with_actions(app: ActionApp, server: FakeServer, **kwargs: Any) -> CallRecord:
+    return await place_call(app.base, auth_token=TOKEN, public_base_url=PUBLIC, speed=SPEED,
+                            ws_base=server.ws_base, max_duration_ms=20_000, **kwargs)  # fmt: skip
+
+
+async def test_connect_action_after_the_server_ends_the_stream_and_the_dial_outcome() -> None:
+    answers = {"/twilio/after-stream": (200, TRANSFER), "/twilio/dial-done": (200, DIAL_DONE)}
+    async with ActionApp(ACTION_CONNECT, answers) as app, FakeServer(await close_after(10)) as server:
+        record = await call_with_actions(app, server, dial_outcome="no-answer")
+    assert record.connect_action == "/twilio/after-stream" and record.connect_method == "POST"
+    assert record.end_reason == "server_closed" and not record.runs_after_connect
+    (_, voice_path, _, _), (method, path, fields, ok), (_, dial_path, dial_fields, dial_ok) = app.requests
+    assert (voice_path, method, path, ok) == ("/twilio/voice", "POST", "/twilio/after-stream", True)
+    assert set(fields) == ACTION_FIELDS and fields == {
+        "CallSid": record.call_sid, "AccountSid": record.account_sid, "From": "+15557654321",
+        "To": "+15551230001", "CallStatus": "in-progress", "Direction": "inbound", "ApiVersion": "2010-04-01",
+    }  # fmt: skip
+    assert record.action is not None and record.action.url == PUBLIC + "/twilio/after-stream"
+    assert record.action.status == 200 and record.action_twiml == TRANSFER
+    say, dial = record.action_verbs
+    assert (say.name, say.text, say.attributes) == ("Say", "Transferring you now.", {"voice": "alice"})
+    assert dial.name == "Dial" and dial.attributes == {
+        "callerId": "+15551230001", "timeout": "20", "action": "/twilio/dial-done", "method": "POST",
+    }  # fmt: skip
+    assert [(c.name, c.text) for c in dial.children] == [
+        ("Number", "+15551239876"), ("Sip", "sip:desk@pbx.example.test"),
+    ]  # fmt: skip
+    assert dial.find("Number") is not None and record.action.verb("Hangup") is None
+    # the dial did not get through: Twilio asks the <Dial action> what to do next
+    assert (dial_path, dial_ok) == ("/twilio/dial-done", True)
+    assert dial_fields["DialCallStatus"] == "no-answer" and dial_fields["CallStatus"] == "in-progress"
+    assert dial_fields["DialCallSid"].startswith("CA") and "DialCallDuration" not in dial_fields
+    assert record.dial_action is not None and record.dial_action.url == PUBLIC + "/twilio/dial-done"
+    assert [v.name for v in record.dial_action.verbs] == ["Say", "Hangup"]
+    assert record.whisper is None and record.protocol_errors == []
+
+
+async def test_an_answered_dial_with_a_whisper_and_a_caller_who_hangs_up() -> None:
+    transfer = TRANSFER.replace("<Number>", '<Number url="/twilio/whisper?t=abc">')
+    whisper = "<Response><Say>A caller from the booking line.</Say></Response>"
+    answers = {"/twilio/after-stream": (200, transfer), "/twilio/dial-done": (200, "<Response/>"),
+               "/twilio/whisper": (200, whisper)}  # fmt: skip
+    async with ActionApp(ACTION_CONNECT, answers) as app, FakeServer(await close_after(5)) as server:
+        answered = await call_with_actions(app, server, dial_outcome="answered", dial_duration_s=7)
+    (_, whisper_path, leg, leg_ok), (_, _, dial_fields, _) = app.requests[-2:]
+    assert (whisper_path, leg_ok) == ("/twilio/whisper?t=abc", True)
+    assert leg == {
+        "CallSid": dial_fields["DialCallSid"], "ParentCallSid": answered.call_sid,
+        "AccountSid": answered.account_sid, "From": "+15551230001", "To": "+15551239876",
+        "CallStatus": "in-progress", "Direction": "outbound-dial", "ApiVersion": "2010-04-01",
+    }  # fmt: skip
+    assert answered.whisper is not None and [v.text for v in answered.whisper.verbs] == [
+        "A caller from the booking line."
+    ]
+    assert (dial_fields["DialCallStatus"], dial_fields["DialCallDuration"]) == ("completed", "7")
+    assert answered.dial_action is not None and answered.dial_action.verbs == []
+
+    async def wait_for_stop(server: FakeServer) -> None:
+        await server.next_event("stop")
+
+    answers = {"/twilio/after-stream": (200, "<Response/>")}
+    async with ActionApp(ACTION_CONNECT, answers) as app, FakeServer(wait_for_stop) as server:
+        hung_up = await call_with_actions(app, server, script=[HangUp(At(200))], dial_outcome="answered")
+    assert hung_up.end_reason == "caller_hangup" and not hung_up.runs_after_connect
+    assert app.requests[-1][2]["CallStatus"] == "completed"
+    assert hung_up.action is not None and hung_up.action.verbs == [] and hung_up.dial_action is None
+
+
+async def test_an_absolute_get_action_and_a_transfer_to_another_agent() -> None:
+    other_agent = (
+        '<Response><Connect><Stream url="wss://voice.example.test/twilio/media">'
+        '<Parameter name="agent" value="+15551230002"/><Parameter name="token" value="t2"/>'
+        "</Stream></Connect></Response>"
+    )
+    voice = ACTION_CONNECT.replace(
+        'action="/twilio/after-stream" method="POST"',
+        f'action="{PUBLIC}/twilio/after-stream?leg=1&amp;why=transfer" method="GET"',
+    )
+    async with (
+        ActionApp(voice, {"/twilio/after-stream": (200, other_agent)}) as app,
+        FakeServer(await close_after(5)) as server,
+    ):
+        record = await call_with_actions(app, server, dial_outcome="answered")
+    method, path, fields, ok = app.requests[-1]
+    assert (method, ok) == ("GET", True) and path.startswith("/twilio/after-stream?leg=1&why=transfer&")
+    assert set(fields) == ACTION_FIELDS | {"leg", "why"} and fields["CallStatus"] == "in-progress"
+    assert record.action is not None and record.action.method == "GET"
+    (connect,) = record.action_verbs
+    stream = connect.find("Stream")
+    assert connect.name == "Connect" and stream is not None
+    assert stream.attributes["url"] == "wss://voice.example.test/twilio/media"
+    assert [(p.attributes["name"], p.attributes["value"]) for p in stream.children] == [
+        ("agent", "+15551230002"), ("token", "t2"),
+    ]  # fmt: skip
+    assert record.dial_action is None and record.protocol_errors == []
+
+
+async def test_action_answers_twilio_would_not_accept_are_protocol_errors() -> None:
+    cases = [
+        (500, "<Response/>", "<Connect action> answered HTTP 500"),
+        (200, "oops", "<Connect action> response is not XML"),
+        (200, "<Twiml/>", "<Connect action>: TwiML root is <Twiml>, not <Response>"),
+    ]
+    for status, twiml, error in cases:
+        async with (
+            ActionApp(ACTION_CONNECT, {"/twilio/after-stream": (status, twiml)}) as app,
+            FakeServer(await close_after(3)) as server,
+        ):
+            record = await call_with_actions(app, server)
+        assert record.protocol_errors == [error]
+    async with FakeServer(await close_after(3)) as server:  # no action: the verbs after </Connect> run
+        plain = await call(server)
+    assert plain.runs_after_connect and plain.action is None and plain.connect_action is None

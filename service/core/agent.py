@@ -6,8 +6,9 @@ ever sees these.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 NoiseReduction = Literal["near_field", "far_field"]
 
@@ -26,6 +27,65 @@ class TurnDetection:
 
 
 @dataclass(frozen=True, slots=True)
+class Tool:
+    """An HTTP function tool: the model calls it by ``name``; Dialtone POSTs the call to ``url``."""
+
+    name: str
+    description: str
+    url: str
+    parameters: Mapping[str, Any] = field(repr=False)
+    timeout_ms: int = 5000
+    filler: str | None = None
+    """Said when the tool has not answered after ~700 ms (``One moment while I check that.``)."""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Sent with every request (``${VAR}`` already expanded: may hold secrets, never logged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """An MCP server the model calls itself (OpenAI connects to it; Dialtone only declares it)."""
+
+    server_label: str
+    server_url: str
+    allowed_tools: tuple[str, ...] | None = None
+    require_approval: str = "never"
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Where ``transfer_call`` may send the caller: a name the model picks, a number or SIP URI."""
+
+    name: str
+    description: str
+    number: str | None = None
+    sip: str | None = None
+    whisper: str | None = None
+    """Said to whoever answers before the caller is connected (with the agent's summary)."""
+    caller_id: str | None = None
+    timeout_s: int = 20
+    fallback_message: str | None = None
+    """Said to the caller when nobody answers, before hanging up (unless ``fallback_agent``)."""
+    fallback_agent: str | None = None
+    """When nobody answers, the caller goes back to this agent (its key: "default" or a number)."""
+
+
+CALL_CONTROL = frozenset({"end_call", "send_dtmf"})
+"""Built-in tools an agent may enable (``transfer_call`` comes with ``transfers``)."""
+BUILTIN_TOOLS = CALL_CONTROL | {"transfer_call"}
+
+
+@dataclass(frozen=True, slots=True)
+class Keypad:
+    """What the caller's key presses do: ``model`` tells the model the digits; ``ignore`` drops them."""
+
+    mode: Literal["model", "ignore"] = "model"
+    terminator: str = "#"
+    digit_timeout_ms: int = 2000
+    max_digits: int = 16
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     """One agent: what the model is told, how it sounds and when it takes its turn."""
 
@@ -37,8 +97,19 @@ class Agent:
     turn_detection: TurnDetection = TurnDetection()
     transcription_model: str = "gpt-4o-mini-transcribe"
     noise_reduction: NoiseReduction | None = "near_field"
+    tools: tuple[Tool, ...] = ()
+    mcp: tuple[McpServer, ...] = ()
+    call_control: frozenset[str] = frozenset()
+    transfers: tuple[Transfer, ...] = ()
+    keypad: Keypad = Keypad()
 
     @property
     def voice_param(self) -> str | dict[str, str]:
         """The GA ``audio.output.voice`` value: a name, or ``{"id": ...}`` for a custom voice."""
         return {"id": self.voice} if self.voice.startswith("voice_") else self.voice
+
+    def tool(self, name: str) -> Tool | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+    def transfer(self, name: str) -> Transfer | None:
+        return next((t for t in self.transfers if t.name == name), None)

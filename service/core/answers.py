@@ -42,6 +42,9 @@ class Answers:
         self._discarded: set[str] = set()
         self._turn_ended_at: float | None = None
         self._awaiting_first_audio = False
+        self.spoke = False
+        """The latest response had audio of its own (a goodbye came with ``end_call``...)."""
+        self._tones = 0
 
     def start(self, stream_sid: str, transcoder: AudioConverter, now: float) -> None:
         """The Twilio stream is known: answers can be played (latency counts from the call's start)."""
@@ -66,6 +69,7 @@ class Answers:
         self.active = response_id
         self._items = []
         self._awaiting_first_audio = True
+        self.spoke = False
 
     def item_added(self, item_id: str, now: float) -> None:
         self._conversation.agent_item(item_id, now)
@@ -79,8 +83,10 @@ class Answers:
         if self._playout is None:
             log.warning("realtime: audio before the Twilio stream started skipped")
             return []
-        if delta.response_id == self.active and delta.item_id not in self._items:
-            self._items.append(delta.item_id)
+        if delta.response_id == self.active:
+            self.spoke = True
+            if delta.item_id not in self._items:
+                self._items.append(delta.item_id)
         return self._playout.audio(delta.item_id, delta.response_id, delta.audio, now)
 
     def audio_done(self, item_id: str, response_id: str, now: float) -> list[Command]:
@@ -115,6 +121,13 @@ class Answers:
             self._stats.first_audio_ms.append(latency_ms)
             self._timeline.note(now, "agent_heard", latency_ms=latency_ms)
 
+    def tones(self, mulaw: bytes, now: float) -> list[Command]:
+        """Play keypad tones (``send_dtmf``) after the audio already queued."""
+        if self._playout is None:
+            return []
+        self._tones += 1
+        return self._playout.tones(f"dtmf_{self._tones}", mulaw, now)
+
     # --- interruptions -----------------------------------------------------------------------
 
     def barge_in(self, now: float, link: int, *, server_cancels: bool) -> list[Command]:
@@ -135,8 +148,13 @@ class Answers:
         self._timeline.note(now, "barge_in", heard_ms=heard_ms, truncated=len(cut.truncations))
         self._stats.truncations += len(cut.truncations)
         truncates = [ToModel(link, realtime.TruncateItem(t.item_id, t.audio_end_ms)) for t in cut.truncations]
-        log.info("barge-in: cleared playback, %d truncation(s)", len(truncates))
-        return [cut.clear, *commands, *truncates]
+        # An item none of which was sent (the answer after a preamble) was never heard: it leaves the
+        # conversation, or the model would take it as said.
+        truncated = {t.item_id for t in cut.truncations}
+        unheard = [item for item, ms in cut.heard.items() if ms == 0 and item not in truncated]
+        deletes = [ToModel(link, realtime.DeleteItem(item)) for item in unheard]
+        log.info("barge-in: cleared playback, %d truncated, %d deleted", len(truncates), len(deletes))
+        return [cut.clear, *commands, *truncates, *deletes]
 
     def drop(self, now: float) -> list[Command]:
         """The session that was answering is gone: clear what is still queued at Twilio and keep in the

@@ -19,6 +19,8 @@ The call's phase is one :class:`~service.core.phase.Phase`. The parts, one polic
 - :mod:`~service.core.uplink`: the caller's audio and its clock (gap fill, silence injection);
 - :mod:`~service.core.answers`: the agent's answers, their playout and barge-in;
 - :mod:`~service.core.failover`: the model sockets (configure, reconnect, rollover), a base of ``Call``;
+- :mod:`~service.core.acting` and :mod:`~service.core.actions`: tools, call control and the keypad (a
+  base of ``Call``, and its decisions);
 - :mod:`~service.core.conversation` and :mod:`~service.core.session`: what was said and heard, and
   what a model session is told.
 
@@ -34,10 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from service.core.acting import Acting
+from service.core.actions import Actions
 from service.core.agent import Agent
 from service.core.answers import Answers
 from service.core.audio import AudioConverter
-from service.core.commands import Authorize, CloseModel, Command, EndCall, ToModel
+from service.core.commands import Action, Authorize, CloseModel, Command, EndCall, ToModel
 from service.core.conversation import Conversation
 from service.core.failover import Failover, formats_ok
 from service.core.inputs import (
@@ -49,6 +53,7 @@ from service.core.inputs import (
     StartRejected,
     StreamAccepted,
     TimerFired,
+    ToolResult,
     TwilioClosed,
     TwilioMessage,
 )
@@ -81,7 +86,7 @@ class CallConfig:
     """Quiet caller audio may wait this long to go in one append (0: every frame at once)."""
 
 
-class Call(Failover):
+class Call(Failover, Acting):
     """One phone call, from the Twilio socket's accept to the end of both sockets."""
 
     def __init__(
@@ -104,6 +109,8 @@ class Call(Failover):
         self.timeline = Timeline()
         self.answers = Answers(self.ledger, self.conversation, self.stats, self.timeline)
         self.sessions = Sessions(default_model, config.reconnect, config.rollover, rng or random.Random(0))
+        self.actions = Actions(self.conversation, self.timeline)
+        self._response_requested = False  # a response.create of ours not yet answered by response.created
         self.agent: Agent | None = None
         self.call_sid: str | None = None
         self.stream_sid: str | None = None
@@ -156,8 +163,12 @@ class Call(Failover):
                 commands = self._on_model_closed(event, now)
             case TwilioClosed():
                 commands = self._end(now, "twilio socket closed")
+            case ToolResult():
+                commands = self._on_tool_result(event, now)
             case _:
                 assert_never(event)
+        if self.actions.ending is not None:
+            commands += self._check_ending(now)
         spare = self.sessions.spare
         if spare is not None and spare.state is LinkState.READY and self.phase is Phase.LIVE:
             commands += self._maybe_switch(now)
@@ -180,6 +191,9 @@ class Call(Failover):
         rollover_at = self.sessions.rollover_deadline() if self.phase is Phase.LIVE else None
         if rollover_at is not None:
             deadlines.append(rollover_at)
+        acting_at = self.actions.next_deadline()
+        if acting_at is not None:
+            deadlines.append(acting_at)
         return min(deadlines) if deadlines else None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -194,9 +208,15 @@ class Call(Failover):
             suffix = f" ({suppressed} more since the last one)" if suppressed else ""
             log.warning(message + suffix, *args)
 
-    def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
+    def _end(
+        self, now: float, reason: str, twilio_close_code: int = 1000, action: Action | None = None
+    ) -> list[Command]:
+        """The call ends: with ``action`` for Twilio (or the agent's decision, if it made one)."""
         if self.ended:
             return []
+        ending = self.actions.ending
+        if action is None and ending is not None:
+            action = ending.action
         live = self.sessions.live
         commands: list[Command] = []
         if live is not None and live.configured and self.phase is not Phase.RECONNECTING:
@@ -205,7 +225,7 @@ class Call(Failover):
         self.end_reason = reason
         self.ended_at = now
         self.timeline.note(now, "ended", reason=reason)
-        return [*commands, EndCall(reason, twilio_close_code)]
+        return [*commands, EndCall(reason, twilio_close_code, action)]
 
     def _on_timer(self, now: float) -> list[Command]:
         deadline = self.next_deadline()
@@ -216,14 +236,17 @@ class Call(Failover):
         give_up_at = self.sessions.give_up_at()
         if give_up_at is not None and now >= give_up_at:
             return self._give_up(now)
+        commands = self._acting_timer(now)
+        if self.ended:
+            return commands
         live = self.sessions.live
         silence_at = self.uplink.silence_due(self._caller_speaking)
         if silence_at is not None and now >= silence_at and live is not None and live.configured:
-            return self._append(self.uplink.inject_silence(now))
+            commands += self._append(self.uplink.inject_silence(now))
         if self.phase is Phase.LIVE and self.sessions.spare_due(now):
             log.info("model session expires soon: opening its replacement")
-            return [self.sessions.open_spare()]
-        return []  # a forced switch is checked after every input (see handle)
+            commands.append(self.sessions.open_spare())
+        return commands  # a forced switch is checked after every input (see handle)
 
     # --- Twilio -----------------------------------------------------------------------------------
 
@@ -240,9 +263,9 @@ class Call(Failover):
                 return self._end(now, "caller hung up")
             case twilio.Connected():
                 return []
-            case twilio.Dtmf():
+            case twilio.Dtmf(digit=digit):
                 log.debug("caller pressed a key")  # digits are personal data (PINs): never at INFO
-                return []
+                return self._on_digit(digit, now)
             case twilio.Unknown(event=kind):
                 self._warn("unknown", now, "twilio: unknown event %r skipped", kind)
                 return []
@@ -364,10 +387,17 @@ class Call(Failover):
                 answers.caller_stopped(now)
                 return []
             case realtime.ResponseCreated(response_id=response_id):
+                self._response_requested = False
                 answers.created(response_id)
                 return []
             case realtime.ResponseDone():
                 answers.done(event)
+                return self._after_response(event, link.id, now)
+            case realtime.FunctionCall():
+                self.actions.function_call(event)
+                return []
+            case realtime.McpEvent(type=kind, failed=failed):
+                self.actions.mcp_event(kind, failed, now)
                 return []
             case realtime.SessionUpdated():
                 return self._on_session_updated(link, event, now)
@@ -420,7 +450,7 @@ class Call(Failover):
             self._greeting_due = False
             instructions = greeting_instructions(self.agent.greeting)
             return [ToModel(live.id, realtime.CreateResponse(instructions))]
-        return []
+        return self._respond_if_idle(live.id)  # a tool's output that came while the model was away
 
     def _on_error(self, live: Link, error: realtime.Error, now: float) -> list[Command]:
         code = error.code or error.error_type
@@ -472,7 +502,7 @@ class Call(Failover):
             end_reason=self.end_reason,
             transcript=transcript,
             timeline=tuple(self.timeline.events),
-            tool_calls=(),
+            tool_calls=tuple(self.actions.stats.records),
             barge_ins=stats.barge_ins,
             reconnect_ms=tuple(stats.reconnect_ms),
             rollovers=stats.rollovers,
@@ -496,6 +526,7 @@ class Call(Failover):
             turns=len(self.conversation),
             uplink=self.uplink.stats,
             stats=self.stats,
+            actions=self.actions.stats,
             end_reason=self.end_reason,
         )
 

@@ -9,9 +9,11 @@ and the replay alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
+from service.core.agent import Tool, Transfer
 from service.wire import realtime, twilio
 
 
@@ -51,12 +53,45 @@ class Authorize:
 
 
 @dataclass(frozen=True, slots=True)
+class Hangup:
+    """After the stream, hang up (the agent ended the call)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """After the stream, connect the caller to ``transfer`` (``summary``: for the person who answers)."""
+
+    transfer: Transfer
+    summary: str = field(repr=False)
+
+
+Action: TypeAlias = Hangup | Dial
+"""What Twilio is told to do once the stream has ended (the answer to ``<Connect action>``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class EndCall:
-    """Close both sockets. ``twilio_close_code`` 1000 lets the TwiML after ``</Connect>`` run."""
+    """Close both sockets. ``twilio_close_code`` 1000 lets the call go on with ``<Connect action>``'s
+    answer: ``action`` when the agent decided (hang up, transfer); else the apology."""
 
     reason: str
     twilio_close_code: int = 1000
+    action: Action | None = None
 
 
-Control: TypeAlias = OpenModel | CloseModel | Authorize | EndCall
+@dataclass(frozen=True, slots=True)
+class CallTool:
+    """Run the agent's HTTP ``tool`` for the model's call ``call_id``; report a
+    :class:`~service.core.inputs.ToolResult` (the call goes on meanwhile)."""
+
+    call_id: str
+    tool: Tool
+    arguments: Mapping[str, Any] = field(repr=False)
+    call_sid: str
+    agent: str
+    caller: str
+    called: str
+
+
+Control: TypeAlias = OpenModel | CloseModel | Authorize | EndCall | CallTool
 Command: TypeAlias = twilio.Command | ToModel | Control

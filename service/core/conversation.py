@@ -14,10 +14,10 @@ and of the call summary. Text never goes to a log line at INFO (it is the caller
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-Role = Literal["caller", "agent"]
+Role = Literal["caller", "agent", "tool"]
 
 
 @dataclass(slots=True)
@@ -34,6 +34,10 @@ class Turn:
     """For an interrupted agent turn: model ms of its audio the caller heard."""
     generated_ms: int = 0
     """For an agent turn: model ms of audio generated for it (as received)."""
+    name: str | None = None
+    """For a tool turn: the function's name (``text`` holds its arguments, JSON)."""
+    output: str | None = field(default=None, repr=False)
+    """For a tool turn: the output the model was given (None while the tool runs)."""
 
     @property
     def heard_text(self) -> str:
@@ -103,6 +107,18 @@ class Conversation:
         turn = self.agent_item(item_id, now)
         turn.text = text
         turn.final = True
+
+    # --- tools -------------------------------------------------------------------------------------
+
+    def tool_call(self, call_id: str, name: str, arguments: str, now: float) -> None:
+        turn = self._open("tool", call_id, now)
+        turn.name, turn.text = name, arguments
+
+    def tool_output(self, call_id: str, output: str, now: float) -> None:
+        turn = self._by_item.get(call_id)
+        if turn is not None and turn.role == "tool":
+            turn.output = output
+            turn.final = True
 
     def agent_cut(self, item_id: str, heard_ms: int) -> None:
         """The caller heard only ``heard_ms`` of this agent turn (barge-in, or the model socket lost)."""

@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from service.core.actions import Actions
 from service.core.agent import Agent
 from service.core.answers import Answers
-from service.core.commands import CloseModel, Command, ToModel
+from service.core.commands import Action, CloseModel, Command, ToModel
 from service.core.conversation import Conversation
 from service.core.inputs import ModelClosed
 from service.core.links import Link, LinkState, Sessions
@@ -69,8 +70,12 @@ class Failover:
     quiet: QuietBatch
     timeline: Timeline
     _resume_answer: bool
+    _response_requested: bool
+    actions: Actions
 
-    def _end(self, now: float, reason: str, twilio_close_code: int = 1000) -> list[Command]:
+    def _end(
+        self, now: float, reason: str, twilio_close_code: int = 1000, action: Action | None = None
+    ) -> list[Command]:
         raise NotImplementedError
 
     def _send_quiet(self, link: int) -> list[Command]:
@@ -136,6 +141,10 @@ class Failover:
 
     def _lost_live(self, now: float) -> list[Command]:
         """The live socket is gone: clean up what it was doing, then open another (or give up)."""
+        if self.phase is Phase.ENDING:
+            return self._end(now, "model socket lost while the call was ending")  # as the agent decided
+        self.actions.session_lost()
+        self._response_requested = False
         self.uplink.stats.dropped_ms += self.quiet.ms  # quiet audio that was waiting for it
         self.quiet.take()
         sessions = self.sessions
@@ -180,6 +189,8 @@ class Failover:
     def _switch(self, now: float, *, forced: bool) -> list[Command]:
         """Make the spare the live session: replay the conversation to it, then close the old one."""
         commands: list[Command] = self._drop_answer(now) if forced else []
+        self.actions.session_lost()
+        self._response_requested = False
         if self.sessions.live is not None:
             commands += self._send_quiet(self.sessions.live.id)  # the old session hears all it was due
         old = self.sessions.promote_spare()

@@ -11,6 +11,7 @@ back, and :meth:`service.core.call.Call.handle` takes them (with ``now``) one at
     ModelMessage(link, event, text)        a message from model socket ``link``, parsed
     ModelClosed(link, code, detail, http_status)    model socket ``link`` closed or failed to open
     TimerFired                             the deadline the call asked for has passed
+    ToolResult(call_id, output, outcome, duration_ms)   an HTTP tool the call ran has answered
 
 Model sockets are numbered by the call (``link``), so that an input from a socket the call has
 already replaced is recognised and ignored. ``text`` fields are for the recorder only: the call reads
@@ -87,6 +88,17 @@ class ModelClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolResult:
+    """A tool call's result: ``output`` is the text given to the model (JSON: the tool's answer, or
+    ``{"error": ...}``); ``outcome`` says how it went (``ok``, ``timeout``, ``http_503``...)."""
+
+    call_id: str
+    output: str = field(repr=False)
+    outcome: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     """``now`` has reached the call's :meth:`~service.core.call.Call.next_deadline`."""
 
@@ -101,4 +113,5 @@ Input: TypeAlias = (
     | ModelMessage
     | ModelClosed
     | TimerFired
+    | ToolResult
 )

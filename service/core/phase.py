@@ -1,6 +1,6 @@
 """The phase of a call: one value instead of a handful of flags.
 
-    awaiting start -> authorizing -> connecting -> configuring -> live -> ended
+    awaiting start -> authorizing -> connecting -> configuring -> live -> (ending ->) ended
                                                        ^              |
                                                        +- reconnecting <- (model socket lost)
 
@@ -11,6 +11,8 @@
 - live: the session confirmed its configuration.
 - reconnecting: the model socket was lost mid-call: the caller's audio is dropped (and counted)
   until a new session is configured.
+- ending: the agent ended the call (``end_call``, ``transfer_call``): it ends once its last words are
+  heard. No rollover; a model socket lost now ends the call with the agent's decision.
 - ended: final; nothing more is done.
 """
 
@@ -26,4 +28,5 @@ class Phase(StrEnum):
     CONFIGURING = "configuring"
     LIVE = "live"
     RECONNECTING = "reconnecting"
+    ENDING = "ending"
     ENDED = "ended"

@@ -35,6 +35,8 @@ class ItemAudio:
     done: bool = False
     chunks: deque[tuple[int, int, float]] = field(default_factory=deque)
     """Chunks sent and not yet echoed: (end ms, duration ms, when sent)."""
+    tones: bool = False
+    """Keypad tones we play (``send_dtmf``), not a model item: never truncated."""
 
     @property
     def generated_ms(self) -> int:
@@ -77,6 +79,14 @@ class PlaybackLedger:
         item = self._items.get(item_id)
         if item is None:
             item = self._items[item_id] = ItemAudio(item_id, response_id)
+        return item
+
+    def add_tones(self, item_id: str, ms: int) -> ItemAudio:
+        """A stretch of keypad tones to play, accounted like an item (in model ms, for the same sums)."""
+        item = self.open_item(item_id, "")
+        item.generated_bytes = ms * MODEL_BYTES_PER_MS
+        item.done = True
+        item.tones = True
         return item
 
     def add_generated(self, item_id: str, response_id: str, n_bytes: int) -> ItemAudio:
@@ -129,8 +139,8 @@ class PlaybackLedger:
         return Echo(item_id, end_ms, counted)
 
     def unplayed_items(self) -> list[str]:
-        """Items with audio queued at Twilio or still waiting to be sent."""
-        return [item.item_id for item in self._items.values() if item.played_ms < item.generated_ms]
+        """Model items with audio queued at Twilio or still waiting to be sent."""
+        return [i.item_id for i in self._items.values() if i.played_ms < i.generated_ms and not i.tones]
 
     def has_unplayed(self) -> bool:
         """Is any agent audio queued at Twilio or still waiting to be sent?"""
@@ -165,7 +175,7 @@ class PlaybackLedger:
         truncations: list[Truncation] = []
         for item in self._items.values():
             generated_ms = item.generated_ms
-            if item.played_ms <= 0 or (item.done and item.played_ms >= generated_ms):
+            if item.tones or item.played_ms <= 0 or (item.done and item.played_ms >= generated_ms):
                 continue
             heard_ms = self.heard_ms(item, now) + self.truncate_slack_ms
             truncations.append(Truncation(item.item_id, min(heard_ms, item.sent_ms, generated_ms)))

@@ -83,6 +83,15 @@ class Playout:
         self._item = None
         return commands
 
+    def tones(self, item_id: str, mulaw: bytes, now: float) -> list[Command]:
+        """Keypad tones (8 kHz mu-law), after whatever audio is being sent, marked like an item's."""
+        commands: list[Command] = self.finish(self._item, now) if self._item is not None else []
+        ms = -(-len(mulaw) // twilio.BYTES_PER_MS)
+        self.ledger.add_tones(item_id, ms)
+        commands.append(twilio.SendMark(self.stream_sid, self.ledger.start_mark(item_id)))
+        self._pending += mulaw + SILENCE_BYTE * (-len(mulaw) % FRAME_BYTES)
+        return commands + self._frames(item_id, now)
+
     def interrupt(self, now: float) -> Interruption:
         """Barge-in at ``now``: clear Twilio, truncate what was not heard, forget what is pending."""
         heard = dict.fromkeys(self.ledger.unplayed_items(), 0)

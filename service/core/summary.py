@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.core.actions import ActionStats
 from service.core.uplink import UplinkStats
 from service.wire import realtime
 
@@ -39,6 +40,7 @@ def summary_line(
     turns: int,
     uplink: UplinkStats,
     stats: CallStats,
+    actions: ActionStats,
     end_reason: str | None,
 ) -> dict[str, Any]:
     """The fields of the call's summary line: counts and timings, never text or audio."""
@@ -71,5 +73,9 @@ def summary_line(
         "input_tokens": stats.usage.input_tokens,
         "output_tokens": stats.usage.output_tokens,
         "cached_tokens": stats.usage.cached_tokens,
+        "tool_calls": actions.tool_calls,
+        "tool_errors": actions.tool_errors,
+        "mcp_calls": actions.mcp_calls,
+        "mcp_errors": actions.mcp_errors,
         "end_reason": end_reason,
     }

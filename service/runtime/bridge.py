@@ -11,9 +11,11 @@ the replay feeds back.
     model sockets ──on_message──┼──> Bridge.handle(input) -> Call.handle(input, now) -> commands
     timer (call_later) ─────────┘        -> send text / open (task) / close / authorize / end
 
-Opening a model socket is the one thing that waits (connect, TLS, handshake): a task per attempt, which
-reports back as ``ModelOpened`` or ``ModelClosed``. When the call ends, both sockets are closed, every
-task is cancelled and the one summary line is logged.
+Two things wait, each in a task that reports back as an input: opening a model socket (connect, TLS,
+handshake: ``ModelOpened`` or ``ModelClosed``) and an HTTP tool call (``ToolResult``). When the call
+ends, its decision (hang up, transfer) goes to ``on_end`` before the Twilio socket is closed (Twilio
+asks for it as soon as the stream ends), both sockets are closed, every task is cancelled (a tool still
+running included) and the one summary line is logged.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from service.core.call import Call
-from service.core.commands import Authorize, CloseModel, Command, EndCall, OpenModel
+from service.core.commands import Authorize, CallTool, CloseModel, Command, EndCall, OpenModel
 from service.core.inputs import (
     Input,
     ModelClosed,
@@ -36,6 +38,7 @@ from service.core.inputs import (
     StartRejected,
     StreamAccepted,
     TimerFired,
+    ToolResult,
     TwilioClosed,
     TwilioMessage,
 )
@@ -65,6 +68,10 @@ OpenModelSocket = Callable[[str, OnMessage, OnClose], Awaitable[TextSocket]]
 """Open a model socket for a model name; its messages and its end go to the callbacks given."""
 Authorizer = Callable[[twilio.Start], StartAuthorized | StartRejected]
 """The verdict on a stream's ``start`` (reads the wall clock and the single-use token register)."""
+ToolCaller = Callable[[CallTool], Awaitable[ToolResult]]
+"""Run an HTTP tool call; its result (never raises)."""
+OnEnd = Callable[[Call, EndCall | None], None]
+"""The call has ended (``EndCall``: how, and what Twilio is to do next); called before the sockets close."""
 
 
 class Bridge:
@@ -82,6 +89,8 @@ class Bridge:
         wall_clock: Callable[[], float] = time.time,
         connect_timeout_s: float = REALTIME_CONNECT_TIMEOUT_S,
         log_payloads: bool = False,
+        run_tool: ToolCaller | None = None,
+        on_end: OnEnd | None = None,
     ) -> None:
         self.call = call
         self._twilio = twilio_socket
@@ -96,6 +105,9 @@ class Bridge:
         self._to_models: dict[int, list[str]] = {}
         self._models: dict[int, TextSocket] = {}
         self._opening: dict[int, asyncio.Task[None]] = {}
+        self._run_tool = run_tool
+        self._on_end = on_end
+        self._tools: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop = asyncio.get_running_loop()
@@ -182,6 +194,12 @@ class Bridge:
                     if isinstance(verdict, StartAuthorized):
                         call_id_var.set(start.call_sid)  # every later line of this call carries it
                     self.handle(verdict)
+                case CallTool() as call:
+                    if self._recorder is not None:
+                        self._recorder.tool_call(now, call)
+                    task = self._loop.create_task(self._call_tool(call))
+                    self._tools.add(task)
+                    task.add_done_callback(self._tools.discard)
                 case EndCall() as end:
                     self._end = end  # the call has ended: _finish closes everything
                     return
@@ -243,6 +261,13 @@ class Bridge:
         for deliver in pending:
             deliver()
 
+    async def _call_tool(self, call: CallTool) -> None:
+        if self._run_tool is None:
+            result = ToolResult(call.call_id, '{"error": "tools are not available"}', "error", 0)
+        else:
+            result = await self._run_tool(call)
+        self.handle(result)
+
     # --- timer and end -----------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
@@ -281,13 +306,18 @@ class Bridge:
         log.info("call summary %s", summary, extra={"summary": summary})
         if self._recorder is not None:
             self._recorder.close(summary)
-        for task in self._opening.values():
+        for task in (*self._opening.values(), *self._tools):
             task.cancel()
         self._opening.clear()
         for socket in self._models.values():
             with contextlib.suppress(Exception):
                 socket.close(1000, "")
         self._models.clear()
+        if self._on_end is not None:
+            try:
+                self._on_end(self.call, self._end)
+            except Exception:  # its failure must not leave the sockets open
+                log.exception("call end handler failed")
         code = self._end.twilio_close_code if self._end is not None else 1000
         self._twilio.close(code, "call ended")
 

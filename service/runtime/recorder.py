@@ -8,6 +8,11 @@ socket was accepted), ``peer`` (``twilio`` | ``realtime`` | ``service`` | ``time
 - ``event``: any other input of the call (:mod:`service.core.inputs`): ``accepted``, ``closed``,
   ``open``, ``authorized`` (with the ``agent``), ``rejected``, ``timeout``.
 
+Tool lines (``peer`` ``tool``) are the HTTP tool calls the call made (``out``: ``call_id``, ``tool``,
+``arguments``) and their results (``in``: ``call_id``, ``output``, ``outcome``, ``duration_ms``).
+Header values of tools and MCP servers (secrets) are never written: not in the agent, not in the
+``session.update`` sent.
+
 Model lines carry ``link``, the number of the model socket (a call may open several). The first line
 is a header (``{"recording": 2, ...}``, with the call's policies in ``config``) and the last one the
 call summary. :func:`read_input` turns a line back into the input it recorded; version 1 files (no
@@ -24,8 +29,9 @@ import secrets
 from pathlib import Path
 from typing import IO, Any, assert_never
 
-from service.core.agent import Agent, TurnDetection
+from service.core.agent import Agent, Keypad, McpServer, Tool, Transfer, TurnDetection
 from service.core.call import CallConfig
+from service.core.commands import CallTool
 from service.core.inputs import (
     Input,
     ModelClosed,
@@ -35,6 +41,7 @@ from service.core.inputs import (
     StartRejected,
     StreamAccepted,
     TimerFired,
+    ToolResult,
     TwilioClosed,
     TwilioMessage,
 )
@@ -44,6 +51,7 @@ from service.runtime.routing import Outgoing
 from service.wire import realtime, twilio
 
 FORMAT_VERSION = 2
+REDACTED = "[redacted]"
 Line = dict[str, Any]
 
 
@@ -61,7 +69,7 @@ def input_line(event: Input) -> Line:
         case TwilioClosed():
             return {"peer": "twilio", "dir": "event", "event": "closed"}
         case StartAuthorized(agent=agent):
-            agent_fields = dataclasses.asdict(agent)
+            agent_fields = agent_to_dict(agent)
             return {"peer": "service", "dir": "event", "event": "authorized", "agent": agent_fields}
         case StartRejected(reason=reason):
             return {"peer": "service", "dir": "event", "event": "rejected", "detail": reason}
@@ -75,6 +83,9 @@ def input_line(event: Input) -> Line:
             if status is not None:
                 line["status"] = status
             return line
+        case ToolResult(call_id=call_id, output=output, outcome=outcome, duration_ms=duration_ms):
+            return {"peer": "tool", "dir": "in", "call_id": call_id, "output": output, "outcome": outcome,
+                    "duration_ms": duration_ms}  # fmt: skip
         case _:
             assert_never(event)
 
@@ -102,6 +113,10 @@ def read_input(line: Line) -> Input | None:
             return StartRejected(str(line.get("detail", "")))
         case ("realtime", "event", "open"):
             return ModelOpened(link, float(line.get("wall", 0.0)))
+        case ("tool", "in", _):
+            return ToolResult(
+                str(line["call_id"]), str(line["output"]), str(line["outcome"]), int(line["duration_ms"])
+            )
         case ("realtime", "event", "closed"):
             code, status = line.get("code"), line.get("status")
             return ModelClosed(
@@ -122,10 +137,36 @@ def config_from_dict(data: dict[str, Any]) -> CallConfig:
     return CallConfig(**fields)
 
 
+def agent_to_dict(agent: Agent) -> dict[str, Any]:
+    """The agent as JSON values; header values (secrets) are not written, only their names."""
+    data = dataclasses.asdict(agent)
+    data["call_control"] = sorted(agent.call_control)
+    for entry in (*data["tools"], *data["mcp"]):
+        entry["headers"] = dict.fromkeys(entry["headers"], REDACTED)
+    return data
+
+
 def agent_from_dict(data: dict[str, Any]) -> Agent:
     fields = dict(data)
     fields["turn_detection"] = TurnDetection(**fields.get("turn_detection", {}))
+    fields["tools"] = tuple(Tool(**tool) for tool in fields.get("tools", ()))
+    fields["mcp"] = tuple(
+        McpServer(**{**m, "allowed_tools": tuple(m["allowed_tools"]) if m.get("allowed_tools") else None})
+        for m in fields.get("mcp", ())
+    )
+    fields["transfers"] = tuple(Transfer(**t) for t in fields.get("transfers", ()))
+    fields["call_control"] = frozenset(fields.get("call_control", ()))
+    fields["keypad"] = Keypad(**fields.get("keypad", {}))
     return Agent(**fields)
+
+
+def _redact_mcp_headers(text: str) -> str:
+    """A ``session.update`` without the values of its MCP servers' headers."""
+    message = json.loads(text)
+    for tool in message.get("session", {}).get("tools", ()):
+        if tool.get("type") == "mcp" and "headers" in tool:
+            tool["headers"] = dict.fromkeys(tool["headers"], REDACTED)
+    return json.dumps(message, separators=(",", ":"))
 
 
 class Recorder:
@@ -157,10 +198,17 @@ class Recorder:
         self._line({"t": self._ms(now), **input_line(event)})
 
     def output(self, now: float, out: Outgoing) -> None:
-        line: Line = {"t": self._ms(now), "peer": out.peer, "dir": "out", "msg": out.text}
+        text = out.text
+        if out.peer == "realtime" and '"mcp"' in text and "session.update" in text[:80]:
+            text = _redact_mcp_headers(text)
+        line: Line = {"t": self._ms(now), "peer": out.peer, "dir": "out", "msg": text}
         if out.peer == "realtime":
             line["link"] = out.link
         self._line(line)
+
+    def tool_call(self, now: float, call: CallTool) -> None:
+        self._line({"t": self._ms(now), "peer": "tool", "dir": "out", "call_id": call.call_id,
+                    "tool": call.tool.name, "arguments": dict(call.arguments)})  # fmt: skip
 
     def close(self, summary: dict[str, Any]) -> None:
         if self._file is None:

@@ -13,10 +13,24 @@
 3. Plays what the server sends like Twilio: ``media`` payloads queue up and play at 8 bytes per ms
    of stream time; a ``mark`` is echoed when the audio queued before it has played (at once if
    nothing is queued); ``clear`` empties the queue and echoes every pending mark at once.
-4. Follows the caller's script (:mod:`service.sim.script`: ``Say`` / ``HangUp`` with triggers),
-   then hangs up (``stop``, then close) once the agent has been quiet, or at ``max_duration_ms``.
-   If the server closes the socket first, Twilio would run the verbs after ``</Connect>``: the
-   record says so.
+4. Follows the caller's script (:mod:`service.sim.script`: ``Say`` / ``Press`` / ``HangUp`` with
+   triggers), then hangs up (``stop``, then close) once the agent has been quiet, or at
+   ``max_duration_ms``. ``Press`` sends one ``dtmf`` message per key (``track`` ``inbound_track``),
+   ``interval_ms`` apart. If the server closes the socket first, Twilio would run the verbs after
+   ``</Connect>``: the record says so.
+5. With ``<Connect action="…" method="POST">``, once the stream is over (the server closed it:
+   ``CallStatus=in-progress``; the caller hung up: ``CallStatus=completed``) requests the action URL
+   instead, signed like the webhook (the URL resolved against the webhook's public URL), on the
+   local server at the same path, and parses the TwiML it returns (:class:`ActionRecord`: verbs with
+   their children, e.g. ``<Dial>``'s ``<Number>`` / ``<Sip>``, or ``<Connect><Stream>`` for another
+   agent). If that TwiML has a ``<Dial action>`` and ``dial_outcome`` is given, the dial's outcome is
+   simulated: its action is requested too, with ``DialCallStatus`` (and ``DialCallSid``,
+   ``DialCallDuration`` when answered), and its TwiML recorded. An answered dial whose ``<Number>``
+   (or ``<Sip>``, ``<Client>``) has a ``url`` first gets that URL requested on the child leg
+   (``Direction=outbound-dial``, ``ParentCallSid``): the whisper played to whoever answered.
+
+The agent's audio as played is searched for DTMF tones (:func:`service.core.dtmf.scan`): the keys
+heard, with when they started, are in ``CallRecord.dtmf_heard``.
 
 Everything is recorded in a :class:`CallRecord` (stream ms everywhere), including protocol errors
 by the server that real Twilio would not accept (non-JSON, unknown event, wrong ``streamSid``,
@@ -42,19 +56,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import numpy as np
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from service.core.dtmf import scan
 from service.sim.script import (
     AfterAgentSilent,
     AfterAgentStarted,
     At,
     Clip,
     HangUp,
+    Press,
     Step,
     Trigger,
     pcm16_to_ulaw,
@@ -69,15 +85,51 @@ BYTES_PER_MS = 8
 FRAME_BYTES = FRAME_MS * BYTES_PER_MS
 SILENCE = b"\xff" * FRAME_BYTES
 Signature = Literal["valid", "forged", "missing"]
+DialOutcome = Literal["answered", "no-answer", "busy", "failed", "canceled"]
+#: ``DialCallStatus`` for each simulated outcome (an answered dial that has ended is ``completed``).
+DIAL_CALL_STATUS: dict[str, str] = {
+    "answered": "completed", "no-answer": "no-answer", "busy": "busy", "failed": "failed",
+    "canceled": "canceled",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class Verb:
-    """A TwiML verb outside ``<Connect>``: its tag, text and attributes."""
+    """A TwiML element: its tag, text, attributes and child elements (``<Dial>``'s ``<Number>``,
+    ``<Sip>``, ``<Conference>``; ``<Connect>``'s ``<Stream>`` and its ``<Parameter>`` s)."""
 
     name: str
     text: str
     attributes: dict[str, str]
+    children: tuple[Verb, ...] = ()
+
+    def find(self, name: str) -> Verb | None:
+        """The first child named ``name``."""
+        return next((child for child in self.children if child.name == name), None)
+
+
+def _verb(element: ET.Element) -> Verb:
+    return Verb(
+        element.tag, (element.text or "").strip(), dict(element.attrib), tuple(_verb(c) for c in element)
+    )
+
+
+@dataclass(slots=True)
+class ActionRecord:
+    """One request Twilio makes to an ``action`` URL (of ``<Connect>`` or ``<Dial>``) and its answer.
+    ``url`` is the public URL requested (and signed), ``params`` the form fields sent."""
+
+    url: str
+    method: str
+    params: dict[str, str]
+    status: int = 0  # 0: the request failed (connection refused, reset, timeout)
+    content_type: str = ""
+    twiml: str = ""
+    verbs: list[Verb] = field(default_factory=list)
+
+    def verb(self, name: str) -> Verb | None:
+        """The first top-level verb named ``name``."""
+        return next((v for v in self.verbs if v.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,20 +162,43 @@ class CallRecord:
     stream_url: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     after_connect: list[Verb] = field(default_factory=list)
+    connect_action: str | None = None  # <Connect action>, as written
+    connect_method: str = "POST"
     ws_status: int | None = None  # HTTP status when the media socket handshake was rejected
     received: list[tuple[float, Json]] = field(default_factory=list)
     sent: list[tuple[float, Json]] = field(default_factory=list)  # media frames left out (see spoken)
     spoken: list[tuple[int, bytes]] = field(default_factory=list)  # (media timestamp, mu-law) sent
     heard: list[tuple[float, bytearray]] = field(default_factory=list)  # (start, mu-law) played
     says: list[tuple[float, str]] = field(default_factory=list)  # (start, clip name)
+    pressed: list[tuple[float, str]] = field(default_factory=list)  # (stream ms, key) sent as dtmf
+    dtmf_heard: list[tuple[float, str]] = field(default_factory=list)  # (start, key) in the agent's audio
     marks: list[MarkEcho] = field(default_factory=list)
     clears: list[ClearRecord] = field(default_factory=list)
     protocol_errors: list[str] = field(default_factory=list)
     end_reason: str = ""  # caller_hangup | server_closed | max_duration | webhook_rejected | no_stream | ...
-    runs_after_connect: bool = False  # the server closed the stream: Twilio runs the verbs after it
+    runs_after_connect: bool = (
+        False  # the server closed the stream, no action: Twilio runs the verbs after it
+    )
     close_code: int | None = None
     close_reason: str = ""
     duration_ms: float = 0.0
+    action: ActionRecord | None = None  # the <Connect action> request, once the stream is over
+    dial_action: ActionRecord | None = None  # the <Dial action> request of the simulated dial outcome
+    whisper: ActionRecord | None = None  # an answered dial's <Number url> (or <Sip url>) request
+
+    @property
+    def heard_digits(self) -> str:
+        """The DTMF keys found in the agent's audio as played, in order."""
+        return "".join(key for _, key in self.dtmf_heard)
+
+    @property
+    def action_twiml(self) -> str:
+        """The TwiML the ``<Connect action>`` URL returned ("" if it was not requested)."""
+        return self.action.twiml if self.action is not None else ""
+
+    @property
+    def action_verbs(self) -> list[Verb]:
+        return self.action.verbs if self.action is not None else []
 
     @property
     def heard_runs(self) -> list[tuple[float, float]]:
@@ -250,16 +325,17 @@ def parse_twiml(body: str, record: CallRecord) -> bool:
         return False
     verbs = list(root)
     index = next((i for i, v in enumerate(verbs) if v.tag == "Connect"), None)
-
-    def verb(v: ET.Element) -> Verb:
-        return Verb(v.tag, (v.text or "").strip(), dict(v.attrib))
-
     if index is None:
-        record.before_connect = [verb(v) for v in verbs]
+        record.before_connect = [_verb(v) for v in verbs]
         return False
-    record.before_connect = [verb(v) for v in verbs[:index]]
-    record.after_connect = [verb(v) for v in verbs[index + 1 :]]
-    stream = verbs[index].find("Stream")
+    record.before_connect = [_verb(v) for v in verbs[:index]]
+    record.after_connect = [_verb(v) for v in verbs[index + 1 :]]
+    connect = verbs[index]
+    record.connect_action = connect.get("action")
+    record.connect_method = connect.get("method", "POST").upper()
+    if record.connect_method not in ("GET", "POST"):
+        record.protocol_errors.append(f"<Connect method> must be GET or POST, not {record.connect_method!r}")
+    stream = connect.find("Stream")
     if stream is None:
         record.protocol_errors.append("<Connect> without <Stream>")
         return False
@@ -294,6 +370,113 @@ def _post_form(url: str, params: Mapping[str, str], headers: Mapping[str, str]) 
         return int(exc.code), exc.headers.get("Content-Type", ""), body
 
 
+def _get(url: str, headers: Mapping[str, str]) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, method="GET")
+    request.add_header("User-Agent", "TwilioProxy/1.1")
+    for name, value in headers.items():
+        request.add_header(name, value)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as response:
+            body = response.read().decode("utf-8", errors="replace")
+            return int(response.status), response.headers.get("Content-Type", ""), body
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", errors="replace")
+        return int(exc.code), exc.headers.get("Content-Type", ""), body
+
+
+def _local_url(server_http_base: str, public_url: str) -> str:
+    """A public URL mapped onto the local server: same path and query (as the webhook is)."""
+    parts = urlsplit(public_url)
+    return server_http_base.rstrip("/") + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def parse_verbs(body: str, what: str, record: CallRecord) -> list[Verb]:
+    """The verbs of a TwiML document (an action URL's answer); problems go to ``protocol_errors``."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        record.protocol_errors.append(f"{what} response is not XML")
+        return []
+    if root.tag != "Response":
+        record.protocol_errors.append(f"{what}: TwiML root is <{root.tag}>, not <Response>")
+        return []
+    return [_verb(v) for v in root]
+
+
+async def _request_action(
+    record: CallRecord, what: str, *, server_http_base: str, auth_token: str, url: str, method: str,
+    params: Mapping[str, str],
+) -> ActionRecord:  # fmt: skip
+    """Request an action URL as Twilio does (signed form POST, or GET with the fields in the query)."""
+    action = ActionRecord(url, method, dict(params))
+    try:
+        if method == "GET":
+            signed_url = url + ("&" if "?" in url else "?") + urlencode(params)
+            headers = _sign(auth_token, signed_url, {}, "valid")
+            status, content_type, body = await asyncio.to_thread(
+                _get, _local_url(server_http_base, signed_url), headers
+            )
+        else:
+            headers = _sign(auth_token, url, params, "valid")
+            status, content_type, body = await asyncio.to_thread(
+                _post_form, _local_url(server_http_base, url), params, headers
+            )
+    except OSError as exc:  # urllib.error.URLError included: refused, reset, timed out
+        record.protocol_errors.append(f"{what} request failed: {exc}")
+        return action
+    action.status, action.content_type, action.twiml = status, content_type, body
+    logger.debug("< %s %s", what, status)
+    if status != 200:
+        record.protocol_errors.append(f"{what} answered HTTP {status}")
+        return action
+    if "xml" not in content_type:
+        record.protocol_errors.append(f"{what} answered {content_type!r}, not XML")
+    action.verbs = parse_verbs(body, what, record)
+    return action
+
+
+async def _follow_actions(
+    record: CallRecord, *, server_http_base: str, auth_token: str, webhook_url: str, to: str, from_: str,
+    dial_outcome: DialOutcome | None, dial_duration_s: int,
+) -> None:  # fmt: skip
+    """After the stream: the ``<Connect action>`` request, then the simulated ``<Dial action>`` one."""
+    assert record.connect_action is not None
+    status = "in-progress" if record.end_reason == "server_closed" else "completed"
+    params = {
+        "CallSid": record.call_sid, "AccountSid": record.account_sid, "From": from_, "To": to,
+        "CallStatus": status, "Direction": "inbound", "ApiVersion": "2010-04-01",
+    }  # fmt: skip
+    url = urljoin(webhook_url, record.connect_action)
+    common = {"server_http_base": server_http_base, "auth_token": auth_token}
+    record.action = await _request_action(
+        record, "<Connect action>", url=url, method=record.connect_method, params=params, **common
+    )
+    dial = record.action.verb("Dial")
+    if dial_outcome is None or status != "in-progress" or dial is None or "action" not in dial.attributes:
+        return
+    dial_sid = "CA" + secrets.token_hex(16)
+    target = next((c for c in dial.children if c.name in ("Number", "Sip", "Client")), None)
+    if dial_outcome == "answered" and target is not None and "url" in target.attributes:
+        # the callee answered: Twilio fetches the TwiML to play them first (a whisper), on the child leg
+        leg = {
+            "CallSid": dial_sid, "ParentCallSid": record.call_sid, "AccountSid": record.account_sid,
+            "From": dial.attributes.get("callerId", from_), "To": target.text, "CallStatus": "in-progress",
+            "Direction": "outbound-dial", "ApiVersion": "2010-04-01",
+        }  # fmt: skip
+        record.whisper = await _request_action(
+            record, f"<{target.name} url>", url=urljoin(url, target.attributes["url"]),
+            method=target.attributes.get("method", "POST").upper(), params=leg, **common,
+        )  # fmt: skip
+    dial_params = params | {"DialCallStatus": DIAL_CALL_STATUS[dial_outcome], "DialCallSid": dial_sid}
+    if dial_outcome == "answered":
+        dial_params["DialCallDuration"] = str(dial_duration_s)
+    record.dial_action = await _request_action(
+        record, "<Dial action>", url=urljoin(url, dial.attributes["action"]),
+        method=dial.attributes.get("method", "POST").upper(), params=dial_params, **common,
+    )  # fmt: skip
+
+
 def _sign(auth_token: str, url: str, params: Mapping[str, str], mode: Signature) -> dict[str, str]:
     if mode == "missing":
         return {}
@@ -316,6 +499,7 @@ class _Call:
         self._t0 = self._loop.time()
         self._sequence = 0
         self._outgoing: deque[bytes] = deque()  # caller speech, one frame per entry
+        self._keys: deque[tuple[float, str]] = deque()  # keys to press: (due stream ms, key)
         self._ref_ms = 0.0  # the end of the previous step: triggers count from here
         self._changed = asyncio.Event()
         self._server_closed = asyncio.Event()
@@ -357,6 +541,11 @@ class _Call:
             now = self.now_ms()
             self._playback.advance(now)
             record.duration_ms = now
+            record.dtmf_heard = [
+                (start + tone.start_ms, tone.digit)
+                for start, data in record.heard
+                for tone in scan(bytes(data))
+            ]
             if self._ws.close_code is None:
                 await self._ws.close()
             if record.close_code is None:
@@ -387,6 +576,11 @@ class _Call:
                 record.end_reason = "caller_hangup"
                 await self._hang_up()
                 return
+            while self._keys and self._keys[0][0] <= due_ms:
+                _, key = self._keys.popleft()
+                await self._press(key, due_ms)
+                if not self._keys:
+                    self._ref_ms = due_ms  # the last key: the step is over
             payload = self._outgoing.popleft() if self._outgoing else SILENCE
             if not self._outgoing and payload is not SILENCE:
                 self._ref_ms = due_ms + FRAME_MS  # the caller finished speaking
@@ -410,12 +604,28 @@ class _Call:
 
     def _run_script(self, now_ms: float) -> bool:
         """Start the steps whose trigger fired; True when the caller hangs up."""
-        while self._steps and not self._outgoing and self._fired(self._steps[0].after, now_ms):
+        while (
+            self._steps
+            and not self._outgoing
+            and not self._keys
+            and self._fired(self._steps[0].after, now_ms)
+        ):
             step = self._steps.pop(0)
             if isinstance(step, HangUp):
                 return True
-            self._say(step.clip, now_ms)
+            if isinstance(step, Press):
+                self._keys.extend((now_ms + i * step.interval_ms, key) for i, key in enumerate(step.digits))
+                logger.debug("= caller presses %d keys at %.0f ms", len(step.digits), now_ms)
+            else:
+                self._say(step.clip, now_ms)
         return False
+
+    async def _press(self, key: str, now_ms: float) -> None:
+        record = self._record
+        record.pressed.append((now_ms, key))
+        dtmf = {"track": "inbound_track", "digit": key}
+        await self._send({"event": "dtmf", "sequenceNumber": self._next_sequence(),
+                          "streamSid": record.stream_sid, "dtmf": dtmf})  # fmt: skip
 
     def _say(self, clip: Clip, now_ms: float) -> None:
         samples = np.frombuffer(clip.pcm, dtype="<i2")
@@ -558,6 +768,8 @@ async def place_call(
     end_timeout_ms: int = 10_000,
     max_duration_ms: int = 60_000,
     playback_lag_ms: float = 0.0,
+    dial_outcome: DialOutcome | None = None,
+    dial_duration_s: int = 42,
 ) -> CallRecord:
     """Place one inbound call against ``server_http_base`` (e.g. ``http://127.0.0.1:8080``).
 
@@ -570,6 +782,10 @@ async def place_call(
     the agent has been silent ``end_silence_ms`` (or ``end_timeout_ms`` after the last step if the
     agent says nothing); ``max_duration_ms`` of stream time is a hard cap. ``playback_lag_ms``: agent
     audio that arrives while nothing plays starts that much later (marks echo as it plays).
+
+    With ``<Connect action>``, the action URL is requested once the stream is over (see the module
+    docstring); ``dial_outcome`` (None: no dial is simulated) is the outcome of a ``<Dial action>``
+    in its answer, ``dial_duration_s`` the ``DialCallDuration`` of an answered one.
     """
     record = CallRecord(
         call_sid="CA" + secrets.token_hex(16),
@@ -621,4 +837,10 @@ async def place_call(
     )
     await call.run()
     logger.debug("= call %s ended: %s", record.call_sid, record.end_reason)
+    if record.connect_action is not None:
+        record.runs_after_connect = False  # Twilio requests the action instead of the verbs after </Connect>
+        await _follow_actions(
+            record, server_http_base=server_http_base, auth_token=auth_token, webhook_url=public_url, to=to,
+            from_=from_, dial_outcome=dial_outcome, dial_duration_s=dial_duration_s,
+        )  # fmt: skip
     return record

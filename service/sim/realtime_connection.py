@@ -24,8 +24,23 @@ How a socket ends, besides the client closing it:
 - :meth:`SimConnection.send_error` sends an ``error`` event; a fatal code (:data:`FATAL_CLOSE_CODES`)
   is followed by a close, as the handshake checks are.
 
+Tools. ``session.tools`` is validated like GA (flat ``function`` tools; ``mcp`` entries). A session
+that declares an MCP server gets, after ``session.updated``, its tool listing: an ``mcp_list_tools``
+item (``conversation.item.added``), ``mcp_list_tools.in_progress``, then ``mcp_list_tools.completed``
+(the tools the script calls there, or ``allowed_tools``) or ``.failed`` (a server label in
+``RealtimeSimulator.mcp_list_failures``), and ``conversation.item.done``; each server configuration
+is listed once per socket (inferred: the GA guide names the events, not their order). A scripted
+function call's ``function_call_output`` must name the ``call_id`` of a function call in the
+conversation (else the GA refusal, wording of the Responses API); the next response then plays the
+call's ``then``, unless a user turn came after the output (the latest turn is answered instead). A
+scripted call to a function, or an MCP server, that the tools do not declare is an anomaly, as are
+``tool_choice: "none"`` with a scripted call and a second output for one call.
+
 Everything exchanged is kept for tests: ``client_events``, ``server_events``, ``truncations``,
-``responses``, ``generated_ms`` (ms of audio generated per assistant item), ``anomalies``
+``responses``, ``function_calls`` (each call made and the output the client sent for it),
+``function_outputs`` (every accepted ``function_call_output``: call id, output), ``mcp_calls``,
+``mcp_listed`` (server label -> listing succeeded), ``generated_ms`` (ms of audio generated per
+assistant item), ``anomalies``
 (things the real server may tolerate but that show a client bug, e.g. an odd-length PCM16 append),
 ``index`` (0-based among accepted sockets), ``accepted_at`` / ``closed_at`` (epoch seconds),
 ``close_code`` / ``close_reason`` (the client's echo of the close; 1006 when there was none),
@@ -43,14 +58,25 @@ import logging
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, assert_never
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from service.sim.realtime_conversation import Conversation, Truncation, split_words, transcription_usage
-from service.sim.realtime_response import ActiveResponse, ResponseRecord
+from service.sim.realtime_conversation import Conversation, Item, Truncation, split_words, transcription_usage
+from service.sim.realtime_response import (
+    ActiveResponse,
+    AudioPart,
+    FunctionCallPart,
+    FunctionCallRecord,
+    McpCallPart,
+    McpCallRecord,
+    Part,
+    ResponseRecord,
+)
 from service.sim.realtime_schema import Json, Problem, parse_event, validate_event
 from service.sim.realtime_session import (
     SESSION_LIMIT_REASON,
@@ -60,6 +86,7 @@ from service.sim.realtime_session import (
     merge_session,
     rate_hz,
 )
+from service.sim.script import Clip, FunctionCall, McpCall, Preamble, Reply
 from service.sim.vad import ServerVad, SpeechStarted, SpeechStopped, VadParams
 
 if TYPE_CHECKING:
@@ -83,6 +110,17 @@ FATAL_CLOSE_CODES: dict[str, int] = {
     "missing_model": 4000,
     "beta_api_shape_disabled": 4000,
 }
+
+
+@dataclass(slots=True)
+class _ScriptedCall:
+    """A scripted function call the simulator made: what follows its output."""
+
+    call: FunctionCall
+    call_id: str
+    response: ResponseRecord  # the response that makes it
+    user_turns: int  # the user turns when it was made
+    answered: bool = False  # its function_call_output arrived
 
 
 def reset_transport(transport: asyncio.Transport) -> None:
@@ -112,6 +150,10 @@ class SimConnection:
         self.truncations: list[Truncation] = []
         self.responses: list[ResponseRecord] = []
         self.generated_ms: dict[str, int] = {}
+        self.function_calls: list[FunctionCallRecord] = []
+        self.function_outputs: list[tuple[str, str]] = []
+        self.mcp_calls: list[McpCallRecord] = []
+        self.mcp_listed: dict[str, bool] = {}
         self.anomalies: list[str] = []
         self.session: Json = {}
         self.close_code: int | None = None
@@ -127,6 +169,9 @@ class SimConnection:
         self._speech_item: str | None = None  # the item id announced by speech_started
         self._timers: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
+        self._scripted: dict[str, _ScriptedCall] = {}  # call_id -> the scripted call
+        self._follow_ups: deque[tuple[int, Reply]] = deque()  # (user turns then, ``then``) of calls answered
+        self._mcp_configs: set[str] = set()  # MCP tool configurations already listed
 
     @property
     def _active(self) -> ActiveResponse | None:
@@ -293,7 +338,40 @@ class SimConnection:
         if self._input()["format"] != old_format or self._input()["turn_detection"] is None:
             self._reset_vad()
         await self._send({"type": "session.updated", "session": json.loads(json.dumps(self.session))})
+        for tool in self.session.get("tools") or []:
+            if tool.get("type") == "mcp":
+                config = json.dumps(tool, sort_keys=True)
+                if config not in self._mcp_configs:
+                    self._mcp_configs.add(config)
+                    await self._list_mcp_tools(tool)
         return None
+
+    async def _list_mcp_tools(self, tool: Json) -> None:
+        """The server lists an MCP server's tools (an ``mcp_list_tools`` item and its events)."""
+        label = str(tool["server_label"])
+        allowed = tool.get("allowed_tools")
+        names = list(allowed) if isinstance(allowed, list) else self.sim.script.mcp_tool_names(label)
+        payload: Json = {"type": "mcp_list_tools", "server_label": label, "tools": []}
+        item = Item(self.sim.new_id("item_"), "mcp_list_tools", None, payload=payload)
+        previous = self.conversation.append(item)
+        await self._send(
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": item.as_json()}
+        )
+        await self._send({"type": "mcp_list_tools.in_progress", "item_id": item.id})
+        failed = label in self.sim.mcp_list_failures
+        if failed:
+            await self._send({"type": "mcp_list_tools.failed", "item_id": item.id})
+        else:
+            payload["tools"] = [
+                {"name": name, "description": f"The {name} tool of {label}.",
+                 "input_schema": {"type": "object", "properties": {}}}
+                for name in names
+            ]  # fmt: skip
+            await self._send({"type": "mcp_list_tools.completed", "item_id": item.id})
+        self.mcp_listed[label] = not failed
+        await self._send(
+            {"type": "conversation.item.done", "previous_item_id": previous, "item": item.as_json()}
+        )
 
     async def _on_session_close(self, event: Json) -> Problem | None:
         await self._ws.close(1000, "")
@@ -413,10 +491,16 @@ class SimConnection:
     async def _on_item_create(self, event: Json) -> Problem | None:
         raw: Json = event["item"]
         item_id = str(raw.get("id") or self.sim.new_id("item_"))
+        if raw["type"] == "function_call_output" and self.conversation.function_call(raw["call_id"]) is None:
+            # wording of the Responses API (captured there; inferred for Realtime)
+            message = f"No tool call found for function call output with call_id {raw['call_id']}."
+            return Problem(None, message, "item.call_id")
         created = self.conversation.create(raw, item_id, event.get("previous_item_id"))
         if isinstance(created, Problem):
             return created
         item, previous = created
+        if raw["type"] == "function_call_output":
+            self._function_output(raw["call_id"], raw["output"], item_id)
         await self._send(
             {"type": "conversation.item.added", "previous_item_id": previous, "item": item.as_json()}
         )
@@ -424,6 +508,20 @@ class SimConnection:
             {"type": "conversation.item.done", "previous_item_id": previous, "item": item.as_json()}
         )
         return None
+
+    def _function_output(self, call_id: str, output: str, item_id: str) -> None:
+        self.function_outputs.append((call_id, output))
+        for call in self.function_calls:
+            if call.call_id == call_id and call.output is None:
+                call.output, call.output_item_id = output, item_id
+        scripted = self._scripted.get(call_id)
+        if scripted is None:
+            return
+        if scripted.answered:
+            self.anomalies.append(f"a second function_call_output for call {call_id} ({scripted.call.name})")
+            return
+        scripted.answered = True
+        self._follow_ups.append((self.conversation.user_turns, scripted.call.then))
 
     async def _on_item_delete(self, event: Json) -> Problem | None:
         item_id = event["item_id"]
@@ -442,7 +540,7 @@ class SimConnection:
     async def _on_truncate(self, event: Json) -> Problem | None:
         item_id: str = event["item_id"]
         active = self._active
-        generating = active is not None and self.conversation.items.get(item_id) is active.item
+        generating = active is not None and active.current is not None and active.current.id == item_id
         truncation = self.conversation.truncate(item_id, event["content_index"], event["audio_end_ms"])
         if isinstance(truncation, Problem):
             return truncation
@@ -473,15 +571,24 @@ class SimConnection:
         return None
 
     async def _start_response(self, trigger: Literal["client", "vad"], params: Json) -> None:
-        clip = self.sim.script.reply_for(self.conversation.user_turns)
+        reply = self._next_reply()
         requested: Json = params.get("audio", {}).get("output", {})
         fmt = requested.get("format") or self._output()["format"]
         voice = requested.get("voice") or self._output()["voice"]
-        record = ResponseRecord(self.sim.new_id("resp_"), self.sim.new_id("item_"), clip.name, trigger,
-                                params.get("instructions"))  # fmt: skip
+        parts = self._parts(reply, fmt)
+        self._check_tools(parts, params)
+        clips = [part.clip for part in parts if isinstance(part, AudioPart)]
+        item_ids = [self.sim.new_id("item_") for _ in parts]
+        record = ResponseRecord(self.sim.new_id("resp_"), item_ids[0], clips[-1] if clips else "", trigger,
+                                params.get("instructions"), item_ids=item_ids, clips=clips)  # fmt: skip
         self.responses.append(record)
+        for part in parts:
+            if isinstance(part, FunctionCallPart) and isinstance(reply, FunctionCall):
+                self._scripted[part.call_id] = _ScriptedCall(
+                    reply, part.call_id, record, self.conversation.user_turns
+                )
         response = ActiveResponse(
-            self, record, self.sim.encoded(clip, fmt), split_words(clip.text), bytes_per_ms(fmt),
+            self, record, parts, bytes_per_ms(fmt),
             params={
                 "output_modalities": params.get("output_modalities", self.session["output_modalities"]),
                 "max_output_tokens": params.get("max_output_tokens", self.session["max_output_tokens"]),
@@ -492,6 +599,82 @@ class SimConnection:
         self._response = response
         await self._send({"type": "response.created", "response": response.as_json(None)})
         response.start()
+
+    def _next_reply(self) -> Reply:
+        """What the next response does: the ``then`` of an answered function call first (unless the
+        caller has had a turn since the output: the latest turn is answered, the ``then`` dropped),
+        else the script's reply for the user turn (a pending call's ``waiting`` clip if no user turn
+        came since it was made)."""
+        turns = self.conversation.user_turns
+        while self._follow_ups:
+            at_turn, then = self._follow_ups.popleft()
+            if at_turn == turns:
+                return then
+        made = {call.call_id for call in self.function_calls}
+        pending = [
+            s for s in self._scripted.values()
+            if not s.answered and s.call_id in made and s.response.status == "completed"
+            and s.user_turns == turns
+        ]  # fmt: skip
+        if pending:
+            scripted = pending[-1]
+            if scripted.call.waiting is not None:
+                return scripted.call.waiting
+            self.anomalies.append(
+                f"a response while function call {scripted.call.name} ({scripted.call_id}) awaits its "
+                "function_call_output (the script has no waiting clip)"
+            )
+        return self.sim.script.reply_for(turns)
+
+    def _parts(self, reply: Reply, fmt: Json) -> list[Part]:
+        """The output items of a response that does ``reply``."""
+
+        def audio(clip: Clip) -> AudioPart:
+            return AudioPart(clip.name, self.sim.encoded(clip, fmt), tuple(split_words(clip.text)))
+
+        match reply:
+            case Clip():
+                return [audio(reply)]
+            case Preamble():
+                return [audio(reply.preamble), audio(reply.answer)]
+            case FunctionCall():
+                call = FunctionCallPart(reply.name, reply.arguments, self.sim.new_id("call_"))
+                return [*([audio(reply.preamble)] if reply.preamble else []), call]
+            case McpCall():
+                mcp = McpCallPart(reply.server_label, reply.name, reply.arguments, reply.output, reply.error)
+                return [*([audio(reply.preamble)] if reply.preamble else []), mcp, audio(reply.answer)]
+
+    def _check_tools(self, parts: list[Part], params: Json) -> None:
+        """Anomalies: a scripted call the effective tools (the response's, else the session's) do not
+        declare, or that ``tool_choice`` forbids."""
+        tools: list[Json] = params.get("tools", self.session.get("tools")) or []
+        choice = params.get("tool_choice", self.session.get("tool_choice"))
+        for part in parts:
+            if isinstance(part, FunctionCallPart):
+                if not any(t.get("type") == "function" and t.get("name") == part.name for t in tools):
+                    self.anomalies.append(
+                        f"scripted call to function {part.name}, which the tools do not declare"
+                    )
+                if choice == "none":
+                    self.anomalies.append(f"scripted call to function {part.name} with tool_choice 'none'")
+            elif isinstance(part, McpCallPart):
+                servers = [
+                    t for t in tools if t.get("type") == "mcp" and t.get("server_label") == part.server_label
+                ]
+                if not servers:
+                    self.anomalies.append(
+                        f"scripted call to MCP server {part.server_label}, which the tools do not declare"
+                    )
+                    continue
+                allowed = servers[0].get("allowed_tools")
+                if isinstance(allowed, list) and part.name not in allowed:
+                    self.anomalies.append(f"scripted call to MCP tool {part.name}, not in allowed_tools")
+                if self.mcp_listed.get(part.server_label) is False:
+                    self.anomalies.append(
+                        f"scripted call to MCP server {part.server_label}, whose listing failed"
+                    )
+                if choice == "none":
+                    self.anomalies.append(f"scripted call to MCP tool {part.name} with tool_choice 'none'")
 
     async def _cancel(self, reason: str) -> None:
         active = self._active

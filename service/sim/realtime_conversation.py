@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.sim.realtime_schema import Json, Problem
@@ -36,6 +37,10 @@ class Truncation:
     generated_ms: int  # the item's audio before the cut
 
 
+#: Item types whose GA shape has neither ``object`` nor ``status``.
+BARE_ITEM_TYPES = frozenset({"mcp_call", "mcp_list_tools"})
+
+
 @dataclass(slots=True)
 class Item:
     id: str
@@ -46,9 +51,11 @@ class Item:
     audio_ms: int = 0
     audio_bytes: int = 0
     status: str = "completed"
-    payload: Json | None = None  # an item the client created: echoed as sent
+    payload: Json | None = None  # an item the client created (echoed as sent), or a tool item's fields
 
     def as_json(self, with_content: bool = True) -> Json:
+        if self.payload is not None and self.type in BARE_ITEM_TYPES:
+            return {**self.payload, "id": self.id}
         if self.payload is not None:
             return {**self.payload, "id": self.id, "object": "realtime.item", "status": self.status}
         content = [{"type": self.content_type, "transcript": self.transcript}] if with_content else []
@@ -56,6 +63,16 @@ class Item:
             "id": self.id, "object": "realtime.item", "type": self.type, "status": self.status,
             "role": self.role, "content": content,
         }  # fmt: skip
+
+    @property
+    def text(self) -> str:
+        """What the model reads of this item as text: a transcript, or a tool call's arguments and
+        output."""
+        if self.transcript:
+            return self.transcript
+        if self.payload is None:
+            return ""
+        return str(self.payload.get("arguments") or "") + str(self.payload.get("output") or "")
 
 
 class Conversation:
@@ -112,6 +129,19 @@ class Conversation:
             self.user_turns += 1
         return item, previous
 
+    def function_call(self, call_id: str) -> Item | None:
+        """The ``function_call`` item with this ``call_id`` (made by the model or created by the
+        client), if the conversation still has it."""
+        for item_id in self.order:
+            item = self.items[item_id]
+            if (
+                item.type == "function_call"
+                and item.payload is not None
+                and item.payload.get("call_id") == call_id
+            ):
+                return item
+        return None
+
     def delete(self, item_id: str) -> Problem | None:
         if item_id not in self.items:  # inferred wording
             message = f"Error deleting item: the item with id '{item_id}' does not exist."
@@ -154,25 +184,27 @@ class Conversation:
 
     # --- usage ---------------------------------------------------------------------------------
 
-    def response_usage(self, instructions: str, output: Item, output_audio_ms: float) -> Json:
-        """Plausible GA usage of a response: the whole conversation is input (tokens seen by the
-        previous response count as cached); audio tokens from durations."""
+    def response_usage(self, instructions: str, outputs: Sequence[Item], output_audio_ms: float) -> Json:
+        """Plausible GA usage of a response: the whole conversation but the response's own ``outputs``
+        is input (tokens seen by the previous response count as cached); audio tokens from
+        durations; a tool call's arguments and output count as text."""
         text_in = text_tokens(instructions)
         audio_in = 0
+        own = {id(item) for item in outputs}
         for item_id in self.order:
             other = self.items[item_id]
-            if other is output:
+            if id(other) in own:
                 continue
             if other.content_type in ("input_audio", "output_audio"):
                 audio_in += math.ceil(other.audio_ms * AUDIO_TOKENS_IN_PER_S / 1000)
-            elif other.transcript:
-                text_in += text_tokens(other.transcript)
+            elif other.text:
+                text_in += text_tokens(other.text)
         input_tokens = text_in + audio_in
         cached = min(self._last_input_tokens, input_tokens) // 64 * 64
         cached_text = min(cached, text_in)
         self._last_input_tokens = input_tokens
         audio_out = round(output_audio_ms * AUDIO_TOKENS_OUT_PER_S / 1000)
-        text_out = text_tokens(output.transcript or "")
+        text_out = sum(text_tokens(item.text) for item in outputs)
         return {
             "total_tokens": input_tokens + audio_out + text_out, "input_tokens": input_tokens,
             "output_tokens": audio_out + text_out,

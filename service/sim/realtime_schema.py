@@ -14,6 +14,7 @@ where the state is, in :mod:`service.sim.realtime_connection` and :mod:`service.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -216,15 +217,105 @@ _TURN_DETECTION = _nullable(_by_type({
         "create_response": _bool, "interrupt_response": _bool,
     }),
 }))  # fmt: skip
+_NAME_PATTERN = "^[a-zA-Z0-9_-]+$"
+_MAX_NAME = 64
+
+
+def _tool_name(value: Any, path: str) -> Problem | None:
+    """A function or server name: letters, digits, ``_`` and ``-``, at most 64 (the wording of the
+    OpenAI API's string checks; inferred for Realtime)."""
+    if not isinstance(value, str):
+        return _invalid_type(path, "a string", value)
+    if len(value) > _MAX_NAME:
+        message = (
+            f"Invalid '{path}': string too long. Expected a string with maximum length {_MAX_NAME}, "
+            f"but got a string with length {len(value)} instead."
+        )
+        return Problem("string_above_max_length", message, path)
+    if not re.fullmatch(_NAME_PATTERN, value):
+        message = (
+            f"Invalid '{path}': string does not match pattern. "
+            f"Expected a string that matches the pattern '{_NAME_PATTERN}'."
+        )
+        return Problem("invalid_value", message, path)
+    return None
+
+
+def _json_object(value: Any, path: str) -> Problem | None:
+    return None if isinstance(value, dict) else _invalid_type(path, "an object", value)
+
+
+#: The built-in connectors an ``mcp`` tool may name instead of a ``server_url`` (SDK 3.54).
+MCP_CONNECTORS = (
+    "connector_dropbox", "connector_gmail", "connector_googlecalendar", "connector_googledrive",
+    "connector_microsoftteams", "connector_outlookcalendar", "connector_outlookemail", "connector_sharepoint",
+)  # fmt: skip
+_MCP_FILTER = _obj({"read_only": _bool, "tool_names": _list(_str)})
+
+
+def _allowed_tools(value: Any, path: str) -> Problem | None:
+    return _list(_str)(value, path) if isinstance(value, list) else _MCP_FILTER(value, path)
+
+
+def _require_approval(value: Any, path: str) -> Problem | None:
+    if isinstance(value, str):
+        return _enum("always", "never")(value, path)
+    return _obj({"always": _MCP_FILTER, "never": _MCP_FILTER})(value, path)
+
+
+_MCP_FIELDS = _obj({
+    "type": _any, "server_label": _tool_name, "server_url": _str, "connector_id": _enum(*MCP_CONNECTORS),
+    "tunnel_id": _str, "authorization": _str, "headers": _nullable(_metadata),
+    "allowed_tools": _nullable(_allowed_tools), "require_approval": _nullable(_require_approval),
+    "server_description": _str, "defer_loading": _bool,
+}, ("server_label",))  # fmt: skip
+
+
+def _mcp_tool(value: Any, path: str) -> Problem | None:
+    """An ``mcp`` tool: its fields, then exactly one of ``server_url`` / ``connector_id`` /
+    ``tunnel_id`` (wording inferred)."""
+    if problem := _MCP_FIELDS(value, path):
+        return problem
+    given = [key for key in ("server_url", "connector_id", "tunnel_id") if key in value]
+    if not given:
+        p = _join(path, "server_url")
+        message = (
+            f"Missing required parameter: one of '{p}' or '{_join(path, 'connector_id')}' must be provided."
+        )
+        return Problem("missing_required_parameter", message, p)
+    if len(given) > 1:
+        p = _join(path, given[1])
+        message = f"Invalid '{p}': only one of {_quoted_list(tuple(given))} may be provided."
+        return Problem("invalid_value", message, p)
+    return None
+
+
 _TOOL = _by_type({
-    "function": _obj({"type": _any, "name": _str, "description": _str, "parameters": _any}),
-    "mcp": _any,
+    "function": _obj(
+        {"type": _any, "name": _tool_name, "description": _str, "parameters": _json_object}, ("name",)
+    ),
+    "mcp": _mcp_tool,
 })  # fmt: skip
+_FORCED_TOOL = _by_type({
+    "function": _obj({"type": _any, "name": _str}, ("name",)),
+    "mcp": _obj({"type": _any, "server_label": _str, "name": _nullable(_str)}, ("server_label",)),
+})  # fmt: skip
+
+
+def _tool_choice(value: Any, path: str) -> Problem | None:
+    """``"none"``, ``"auto"``, ``"required"``, or a forced function / MCP tool."""
+    return (
+        _enum("none", "auto", "required")(value, path)
+        if isinstance(value, str)
+        else _FORCED_TOOL(value, path)
+    )
+
+
 _MODALITIES = _list(_enum("text", "audio"))
 _SESSION = _obj({
     "type": _enum("realtime", "transcription"), "model": _str, "instructions": _str,
     "output_modalities": _MODALITIES, "max_output_tokens": _max_tokens, "tools": _list(_TOOL),
-    "tool_choice": _any, "tracing": _any, "truncation": _any, "prompt": _any, "include": _any,
+    "tool_choice": _tool_choice, "tracing": _any, "truncation": _any, "prompt": _any, "include": _any,
     "reasoning": _any, "parallel_tool_calls": _bool,
     "audio": _obj({
         "input": _obj({
@@ -243,7 +334,7 @@ _SESSION = _obj({
 _RESPONSE = _obj({
     "instructions": _str, "output_modalities": _MODALITIES, "max_output_tokens": _max_tokens,
     "metadata": _nullable(_metadata), "conversation": _str, "input": _list(_any), "tools": _list(_TOOL),
-    "tool_choice": _any, "prompt": _any, "reasoning": _any, "parallel_tool_calls": _bool,
+    "tool_choice": _tool_choice, "prompt": _any, "reasoning": _any, "parallel_tool_calls": _bool,
     "audio": _obj({"output": _obj({"format": _FORMAT, "voice": _voice})}),
 })  # fmt: skip
 _TEXT_PART = _obj({"type": _any, "text": _str})

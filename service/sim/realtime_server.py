@@ -32,7 +32,14 @@ capture of the GA server (September 2026), whose findings are repeated where the
   1001 and the captured reason "Your session hit the maximum duration of 60 minutes." (whatever
   the configured limit), with no warning event; a response in progress is cut by the close. A
   short ``session_limit_s`` tests a rollover in seconds.
-- Not simulated: function calling, MCP, ``conversation.item.retrieve`` audio bytes,
+- Tools (the script's :class:`~service.sim.script.FunctionCall` and
+  :class:`~service.sim.script.McpCall` replies): function calls in the GA event sequence, then the
+  scripted follow-up once the client has sent the ``function_call_output`` (its ``call_id`` checked)
+  and ``response.create``; MCP tool listings after ``session.update`` and MCP calls inside a
+  response, followed by the answer's audio; ``session.tools`` and ``tool_choice`` validated.
+  A :class:`~service.sim.script.Preamble` reply is two audio items in one response.
+- Not simulated: MCP approvals (``require_approval`` other than "never" is accepted, but no
+  ``mcp_approval_request`` is made), ``conversation.item.retrieve`` audio bytes,
   ``...input_audio_transcription.segment`` / ``.failed``, the ``session_expired`` error of the
   older (pre-GA) caps. A few error messages are inferred rather than captured; they are marked as
   such.
@@ -56,9 +63,11 @@ The simulator is split by concern:
 
 Observability: :attr:`RealtimeSimulator.connections` lists one :class:`SimConnection` per socket
 with the client events received, the server events sent, the truncations performed, the responses,
+the function calls made (with the output the client sent for each), the MCP calls and listings,
 the generated ms per item and ``anomalies`` (things the real server may tolerate but that show a
-client bug, e.g. an odd-length PCM16 append), and when and how each socket was accepted and
-ended (``accepted_at``, ``closed_at``, ``close_code``, ``aborted``, ``ended_by``).
+client bug, e.g. an odd-length PCM16 append, or a scripted call to a tool the session does not
+declare), and when and how each socket was accepted and ended (``accepted_at``, ``closed_at``,
+``close_code``, ``aborted``, ``ended_by``).
 :attr:`RealtimeSimulator.attempts` and :attr:`RealtimeSimulator.refused` count the handshakes.
 
 Run standalone: ``python -m service.sim.realtime_server --port 8765``.
@@ -90,7 +99,7 @@ from service.sim.realtime_conversation import (
     RATE_LIMIT_TOKENS,
     Truncation,
 )
-from service.sim.realtime_response import ResponseRecord
+from service.sim.realtime_response import FunctionCallRecord, McpCallRecord, ResponseRecord
 from service.sim.realtime_schema import MODEL_RATE_HZ, SUPPORTED_TYPES, Json, Problem, Validator
 from service.sim.realtime_session import (
     DEFAULT_INSTRUCTIONS,
@@ -128,7 +137,9 @@ __all__ = [
     "VAD_SPAN_DB",
     "VAD_WINDOW_MS",
     "Fault",
+    "FunctionCallRecord",
     "Json",
+    "McpCallRecord",
     "Problem",
     "RealtimeSimulator",
     "ResponseRecord",
@@ -201,6 +212,7 @@ class RealtimeSimulator:
     ``response.created`` and the first output item. ``models``: accepted ``?model=`` values (None:
     any). ``seed``: makes ids and chunk sizes reproducible. ``session_limit_s``: the session's
     lifetime (GA: 3600 s), after which the server closes the socket with 1001.
+    ``mcp_list_failures``: the MCP server labels whose tool listing fails (``mcp_list_tools.failed``).
 
     ``attempts`` holds the wall time (epoch seconds) of every handshake request, refused or not;
     ``refused`` counts those refused by ``fault.refuse_connects``.
@@ -219,6 +231,7 @@ class RealtimeSimulator:
         reject_in_handshake: bool = False,
         seed: int | None = None,
         session_limit_s: float = float(SESSION_LIFETIME_S),
+        mcp_list_failures: frozenset[str] = frozenset(),
     ) -> None:
         self.script = script if script is not None else ReplyScript.default()
         self.api_key = api_key
@@ -229,6 +242,7 @@ class RealtimeSimulator:
         self.fault = fault if fault is not None else Fault()
         self.reject_in_handshake = reject_in_handshake
         self.session_limit_s = session_limit_s
+        self.mcp_list_failures = mcp_list_failures
         self.rng = random.Random(seed)
         self.connections: list[SimConnection] = []
         self.attempts: list[float] = []

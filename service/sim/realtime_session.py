@@ -61,14 +61,19 @@ def default_session(
     }  # fmt: skip
 
 
+#: Objects an update replaces whole (a tagged union: fields of the old variant must not survive).
+REPLACED_WHOLE = frozenset({"format", "tool_choice", "truncation", "tracing", "prompt"})
+
+
 def merge_session(current: Json, update: Json) -> Json:
     """A GA partial update: present fields replace, nested objects merge, null disables.
-    ``turn_detection`` is replaced whole (missing fields take their defaults)."""
+    ``turn_detection`` is replaced whole (missing fields take their defaults), and so are the
+    objects of :data:`REPLACED_WHOLE`."""
     merged = dict(current)
     for key, value in update.items():
         if key == "turn_detection" and isinstance(value, dict):
             merged[key] = default_turn_detection(str(value["type"])) | value
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "format":
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in REPLACED_WHOLE:
             merged[key] = merge_session(merged[key], value)
         else:
             merged[key] = value

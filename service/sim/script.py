@@ -2,9 +2,14 @@
 
 - :class:`Clip` is one fixture (PCM16 mono, its rate, its text) loaded with :func:`load_clip` from
   ``fixtures/audio`` (text from ``transcripts.toml``).
-- :class:`ReplyScript` tells the Realtime simulator which clip each response plays.
-- :class:`Say` / :class:`HangUp` with the triggers :class:`At`, :class:`AfterAgentSilent` and
-  :class:`AfterAgentStarted` make up a caller script for the Twilio caller simulator.
+- :class:`ReplyScript` tells the Realtime simulator what each response does: play a :class:`Clip`, a
+  :class:`Preamble` then an answer (two audio items in one response), call a function
+  (:class:`FunctionCall`: the next response, after the client's ``function_call_output``, plays its
+  ``then``) or an MCP tool (:class:`McpCall`: the server calls it and the same response speaks the
+  answer).
+- :class:`Say` / :class:`Press` / :class:`HangUp` with the triggers :class:`At`,
+  :class:`AfterAgentSilent` and :class:`AfterAgentStarted` make up a caller script for the Twilio
+  caller simulator.
 - :func:`ulaw_encode` / :func:`ulaw_decode` / :func:`alaw_encode` / :func:`alaw_decode` are the
   G.711 codecs (ITU-T G.711, numpy), written here so the simulators do not depend on the service.
 """
@@ -120,24 +125,86 @@ def pcm16_to_ulaw(pcm: bytes) -> bytes:
     return ulaw_encode(np.frombuffer(pcm, dtype="<i2"))
 
 
-# --- Realtime simulator: which clip a response plays -----------------------------------------
+# --- Realtime simulator: what a response does --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Preamble:
+    """One response, two audio items: a short ``preamble`` (what ``gpt-realtime-2`` says first, e.g.
+    "Let me check.") then the ``answer``, each with its own item id, output index (0, 1), deltas,
+    transcript and done events."""
+
+    preamble: Clip
+    answer: Clip
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """The response calls the function ``name`` (declared in ``session.tools``, else an anomaly) with
+    ``arguments``, a JSON string sent as is (a test may script invalid JSON), after speaking
+    ``preamble`` in the same response if there is one. Once the client has sent the call's
+    ``function_call_output``, the next response does ``then`` (a clip, or another call: calls chain),
+    unless the caller has had a turn since the output: that turn's reply wins and ``then`` is dropped.
+    A response that starts while the call still has no output and no new user turn plays ``waiting``
+    (e.g. a filler the bridge asked for); without one that is an anomaly and the reply is replayed."""
+
+    name: str
+    arguments: str
+    then: Reply
+    preamble: Clip | None = None
+    waiting: Clip | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class McpCall:
+    """The response calls the tool ``name`` of the MCP server ``server_label`` (an ``mcp`` entry of
+    ``session.tools``, else an anomaly): the server runs it itself, so the same response goes on with
+    ``answer``. ``output`` is the tool's result; with ``error`` the call fails
+    (``response.mcp_call.failed``, a ``tool_execution_error`` on the item) and ``answer`` is what the
+    model says about that. ``preamble`` is spoken first, in the same response."""
+
+    server_label: str
+    name: str
+    arguments: str
+    answer: Clip
+    output: str = ""
+    error: str | None = None
+    preamble: Clip | None = None
+
+
+Reply = Clip | Preamble | FunctionCall | McpCall
+
+
+def reply_clips(reply: Reply) -> list[Clip]:
+    """The clips a reply plays in its own response (not those of a function call's ``then``)."""
+    match reply:
+        case Clip():
+            return [reply]
+        case Preamble():
+            return [reply.preamble, reply.answer]
+        case FunctionCall():
+            return [reply.preamble] if reply.preamble is not None else []
+        case McpCall():
+            return [*([reply.preamble] if reply.preamble is not None else []), reply.answer]
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyScript:
-    """Chooses the clip of each response.
+    """Chooses what each response does (:data:`Reply`: a clip, a preamble and an answer, a function
+    call or an MCP call).
 
     A response that starts before any user turn plays ``greeting`` (e.g. the bridge's explicit
     ``response.create`` with greeting instructions). After user turn n (n counts committed user
     audio and user messages created by the client) a response plays ``replies[n-1]``; past the end
-    of the list it plays ``fallback`` (or the last reply if there is none).
+    of the list it plays ``fallback`` (or the last reply if there is none). A response that follows a
+    scripted function call's output plays that call's ``then`` instead, whatever the turn.
     ``caller_transcripts[n-1]`` is the input transcription of user turn n ("(inaudible)" past the
     end): the simulator has no speech recogniser.
     """
 
-    greeting: Clip | None
-    replies: tuple[Clip, ...]
-    fallback: Clip | None = None
+    greeting: Reply | None
+    replies: tuple[Reply, ...]
+    fallback: Reply | None = None
     caller_transcripts: tuple[str, ...] = ()
 
     @classmethod
@@ -149,7 +216,7 @@ class ReplyScript:
             caller_transcripts=tuple(load_clip(n, fixtures_dir).text for n in caller),
         )
 
-    def reply_for(self, user_turns: int) -> Clip:
+    def reply_for(self, user_turns: int) -> Reply:
         if user_turns == 0 and self.greeting is not None:
             return self.greeting
         index = max(user_turns - 1, 0)
@@ -167,6 +234,20 @@ class ReplyScript:
         if 1 <= user_turn <= len(self.caller_transcripts):
             return self.caller_transcripts[user_turn - 1]
         return "(inaudible)"
+
+    def mcp_tool_names(self, server_label: str) -> list[str]:
+        """The tools the script calls on the MCP server ``server_label`` (what its listing shows)."""
+        names: list[str] = []
+        todo: list[Reply] = [r for r in (self.greeting, *self.replies, self.fallback) if r is not None]
+        while todo:
+            reply = todo.pop(0)
+            if isinstance(reply, FunctionCall):
+                todo.append(reply.then)
+            elif (
+                isinstance(reply, McpCall) and reply.server_label == server_label and reply.name not in names
+            ):
+                names.append(reply.name)
+        return names
 
 
 # --- Twilio caller simulator: the caller's script ---------------------------------------------
@@ -217,4 +298,28 @@ class HangUp:
     after: Trigger = field(default_factory=AfterAgentSilent)
 
 
-Step = Say | HangUp
+#: The keys a Twilio ``dtmf`` message can carry.
+TWILIO_DTMF_DIGITS = frozenset("0123456789*#")
+
+
+@dataclass(frozen=True, slots=True)
+class Press:
+    """The caller presses ``digits`` on the keypad when ``after`` fires: Twilio sends one ``dtmf``
+    message per key, ``interval_ms`` of stream time apart. The step ends with the last key.
+    ValueError for an empty string or a key Twilio does not report (only ``0-9 * #``)."""
+
+    digits: str
+    after: Trigger = field(default_factory=AfterAgentSilent)
+    interval_ms: int = 150
+
+    def __post_init__(self) -> None:
+        if not self.digits:
+            raise ValueError("Press needs at least one key")
+        for i, ch in enumerate(self.digits):
+            if ch not in TWILIO_DTMF_DIGITS:
+                raise ValueError(f"{ch!r} (position {i}) is not a key Twilio reports: use 0-9, * and #")
+        if self.interval_ms < 0:
+            raise ValueError("interval_ms must not be negative")
+
+
+Step = Say | HangUp | Press

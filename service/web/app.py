@@ -1,4 +1,5 @@
-"""The Quart app: health check and the signed Twilio voice webhook that starts a media stream.
+"""The Quart app: health check, the signed Twilio voice webhook that starts a media stream, and the
+signed requests Twilio makes once the stream has ended (:mod:`service.web.after_stream`).
 
     create_app(settings, agents=...)    # tests pass their own; None loads .env + environment
     state_of(app)                       # AppState: settings, agents, seen stream tokens, wall clock
@@ -17,10 +18,30 @@ from dataclasses import dataclass
 
 from quart import Quart, Response, request
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
+from werkzeug.datastructures import MultiDict
 
 from service.agents import Agent, AgentStore
-from service.config import DEPRECATED_MODELS, MEDIA_PATH, VOICE_PATH, Settings, load_settings
+from service.config import (
+    ACTION_PATH,
+    DEPRECATED_MODELS,
+    DIAL_DONE_PATH,
+    MEDIA_PATH,
+    VOICE_PATH,
+    WHISPER_PATH,
+    Settings,
+    load_settings,
+)
+from service.errors import ConfigError
 from service.logs import bind_call, configure_logging
+from service.web.after_stream import (
+    APOLOGY,
+    WHISPER_TTL_S,
+    Decisions,
+    Urls,
+    action_twiml,
+    dial_done_twiml,
+    whisper_twiml,
+)
 from service.web.security import (
     SIGNATURE_HEADER,
     SeenTokens,
@@ -32,7 +53,6 @@ __all__ = ["APOLOGY", "NOT_IN_SERVICE", "AppState", "build_stream_twiml", "creat
 
 logger = logging.getLogger(__name__)
 
-APOLOGY = "Sorry, the assistant is unavailable right now. Goodbye."
 NOT_IN_SERVICE = "Sorry, this number is not in service. Goodbye."
 MAX_BODY_BYTES = 64 * 1024  # a voice webhook form is 1-3 KB, SIP headers included
 MAX_PARAMETER_CHARS = 500  # <Parameter> name + value must be under this (twilio.md §2)
@@ -48,6 +68,8 @@ class AppState:
     agents: AgentStore
     seen_tokens: SeenTokens
     clock: Callable[[], float]  # wall clock in epoch seconds: stream tokens carry absolute expiries
+    decisions: Decisions
+    """What each call's ``<Connect action>`` is to answer (the bridge stores, the action route takes)."""
 
 
 def state_of(app: Quart) -> AppState:
@@ -69,12 +91,22 @@ def create_app(
         configure_logging(settings.log_level, secrets=secrets_of(settings))
     if agents is None:
         agents = AgentStore(settings.agents_file)
+    book = agents.book
+    if settings.tools_signing_secret is None and any(
+        agent.tools for agent in (book.default, *book.numbers.values()) if agent is not None
+    ):
+        raise ConfigError(
+            ["TOOLS_SIGNING_SECRET: required when an agent has tools (it signs every tool request)"],
+            source="settings",
+        )
     if settings.openai_realtime_model in DEPRECATED_MODELS:
         logger.warning("OPENAI_REALTIME_MODEL %s is deprecated", settings.openai_realtime_model)
 
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    state = AppState(settings=settings, agents=agents, seen_tokens=SeenTokens(), clock=clock)
+    state = AppState(
+        settings=settings, agents=agents, seen_tokens=SeenTokens(), clock=clock, decisions=Decisions()
+    )
     app.extensions[_STATE_KEY] = state
 
     @app.get("/healthz")
@@ -85,28 +117,52 @@ def create_app(
     async def voice() -> Response:
         return await _voice_webhook(state)
 
+    @app.post(ACTION_PATH)
+    async def action() -> Response:
+        return await _action(state)
+
+    @app.post(DIAL_DONE_PATH)
+    async def dial_done() -> Response:
+        return await _dial_done(state)
+
+    @app.post(WHISPER_PATH)
+    async def whisper() -> Response:
+        return await _whisper(state)
+
     return app
 
 
-async def _voice_webhook(state: AppState) -> Response:
+async def _signed_form(state: AppState, path: str, what: str) -> MultiDict[str, str] | Response:
+    """The form of a request Twilio signed for ``path`` (with its query); else the 4xx to answer."""
     settings = state.settings
     form = await request.form
-    url = settings.public_https_url(VOICE_PATH)
+    url = settings.public_https_url(path)
     if request.query_string:
         url += "?" + request.query_string.decode("latin-1")
     signature = request.headers.get(SIGNATURE_HEADER)
     if not validate_twilio_signature(settings.twilio_auth_token, url, form, signature):
-        logger.warning("voice webhook rejected: %s X-Twilio-Signature", "invalid" if signature else "missing")
+        logger.warning("%s rejected: %s X-Twilio-Signature", what, "invalid" if signature else "missing")
         return _text("Forbidden\n", 403)
     account_sid = form.get("AccountSid")
     if settings.twilio_account_sid and account_sid and account_sid != settings.twilio_account_sid:
-        logger.warning("voice webhook rejected: AccountSid is not TWILIO_ACCOUNT_SID")
+        logger.warning("%s rejected: AccountSid is not TWILIO_ACCOUNT_SID", what)
         return _text("Forbidden\n", 403)
+    call_sid = form.get("CallSid", "")
+    if not call_sid or len(call_sid) > 64 or not set(call_sid) <= _CALL_SID_CHARS:
+        logger.warning("%s rejected: CallSid missing or invalid", what)
+        return _text("Bad Request: CallSid is required\n", 400)
+    return form
 
+
+async def _voice_webhook(state: AppState) -> Response:
+    settings = state.settings
+    form = await _signed_form(state, VOICE_PATH, "voice webhook")
+    if isinstance(form, Response):
+        return form
     call_sid = form.get("CallSid", "")
     to = form.get("To", "")
-    if not call_sid or len(call_sid) > 64 or not set(call_sid) <= _CALL_SID_CHARS or not to:
-        logger.warning("voice webhook rejected: CallSid or To missing or invalid")
+    if not to:
+        logger.warning("voice webhook rejected: To missing")
         return _text("Bad Request: CallSid and To are required\n", 400)
 
     with bind_call(call_sid):
@@ -124,10 +180,75 @@ async def _voice_webhook(state: AppState) -> Response:
         return _twiml(build_stream_twiml(settings, agent, token, caller=form.get("From", ""), called=to))
 
 
-def build_stream_twiml(settings: Settings, agent: Agent, token: str, *, caller: str, called: str) -> str:
-    """``<Connect><Stream>`` with agent/token/from/to parameters, then an apology and ``<Hangup/>``.
+def _urls(settings: Settings) -> Urls:
+    return Urls(settings.public_https_url(DIAL_DONE_PATH), settings.public_https_url(WHISPER_PATH))
 
-    The verbs after ``</Connect>`` run only when our server closes the stream socket.
+
+async def _action(state: AppState) -> Response:
+    """``<Connect action>``: the stream has ended; what the call does next, as the bridge decided."""
+    form = await _signed_form(state, ACTION_PATH, "stream action")
+    if isinstance(form, Response):
+        return form
+    call_sid = form["CallSid"]
+    with bind_call(call_sid):
+        decision = state.decisions.take(call_sid)
+        if form.get("CallStatus") == "completed":
+            logger.info("stream action: the caller has hung up")
+            return _twiml(str(VoiceResponse()))
+        if decision is None:
+            logger.warning("stream action: no decision for this call (unknown or expired): hanging up")
+        else:
+            logger.info("stream action: %s", decision.get("action"))
+            if decision.get("action") == "dial":
+                whisper = {"summary": decision.get("summary", "")}
+                state.decisions.put(f"whisper:{call_sid}", whisper, WHISPER_TTL_S)
+        return _twiml(action_twiml(decision, state.agents.by_key, _urls(state.settings)))
+
+
+async def _dial_done(state: AppState) -> Response:
+    """A transfer's ``<Dial>`` is over: done if it was answered, else the transfer's fallback."""
+    form = await _signed_form(state, DIAL_DONE_PATH, "dial action")
+    if isinstance(form, Response):
+        return form
+    call_sid = form["CallSid"]
+    status = form.get("DialCallStatus", "")
+    agent = state.agents.by_key(request.args.get("agent", ""))
+    transfer = agent.transfer(request.args.get("transfer", "")) if agent is not None else None
+
+    def fallback(key: str) -> str | None:
+        other = state.agents.by_key(key)
+        if other is None:
+            return None
+        settings = state.settings
+        token = mint_stream_token(
+            settings.stream_token_secret, call_sid, other.key, state.clock(), settings.stream_token_ttl_s
+        )
+        caller, called = form.get("From", ""), form.get("To", "")
+        return build_stream_twiml(settings, other, token, caller=caller, called=called)
+
+    with bind_call(call_sid):
+        logger.info("transfer dial ended: %s", status or "unknown")
+        return _twiml(dial_done_twiml(status, transfer, fallback))
+
+
+async def _whisper(state: AppState) -> Response:
+    """Said to whoever answers a transfer: the configured whisper and the agent's summary."""
+    form = await _signed_form(state, WHISPER_PATH, "transfer whisper")
+    if isinstance(form, Response):
+        return form
+    agent = state.agents.by_key(request.args.get("agent", ""))
+    transfer = agent.transfer(request.args.get("transfer", "")) if agent is not None else None
+    stored = state.decisions.get(f"whisper:{form.get('ParentCallSid', '')}")
+    summary = str(stored.get("summary", "")) if stored is not None else None
+    return _twiml(whisper_twiml(transfer, summary))
+
+
+def build_stream_twiml(settings: Settings, agent: Agent, token: str, *, caller: str, called: str) -> str:
+    """``<Connect action><Stream>`` with agent/token/from/to parameters, then an apology and ``<Hangup/>``.
+
+    When the stream ends Twilio asks ``action`` what to do (the agent's decision, or the apology); the
+    verbs after ``</Connect>`` are the same apology for a Twilio that would not (they run only when
+    there is no ``action``).
     """
     stream = Stream(url=settings.public_wss_url(MEDIA_PATH))
     for name, value in (("agent", agent.key), ("token", token), ("from", caller), ("to", called)):
@@ -135,7 +256,7 @@ def build_stream_twiml(settings: Settings, agent: Agent, token: str, *, caller: 
             stream.parameter(name=name, value=value)
         else:
             logger.info("stream parameter %s left out: longer than Twilio allows", name)
-    connect = Connect()
+    connect = Connect(action=settings.public_https_url(ACTION_PATH), method="POST")
     connect.append(stream)
     response = VoiceResponse()
     response.append(connect)

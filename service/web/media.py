@@ -25,11 +25,14 @@ from websockets.server import ServerProtocol
 
 from service.core.audio import Transcoder
 from service.core.call import Call
-from service.core.inputs import StartAuthorized, StartRejected
+from service.core.commands import CallTool, EndCall
+from service.core.inputs import StartAuthorized, StartRejected, ToolResult
 from service.runtime.bridge import Authorizer, Bridge, TextSocket
 from service.runtime.model import open_model
 from service.runtime.recorder import Recorder
+from service.runtime.tools import ToolRunner
 from service.runtime.wsock import OnClose, OnMessage, WebSocket
+from service.web.after_stream import decision_of
 from service.web.security import TokenCheck, check_stream_upgrade
 from service.wire import twilio
 
@@ -69,6 +72,24 @@ class MediaEndpoint:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self.bridges: set[Bridge] = set()
+        secret = state.settings.tools_signing_secret
+        self.tools = ToolRunner(secret) if secret is not None else None
+
+    async def run_tool(self, call: CallTool) -> ToolResult:
+        if self.tools is None:  # the agents file gained tools after start-up
+            log.error("tool %s not run: TOOLS_SIGNING_SECRET is not set", call.tool.name)
+            return ToolResult(call.call_id, '{"error": "the tool is not available"}', "error", 0)
+        return await self.tools.run(call)
+
+    def call_ended(self, call: Call, end: EndCall | None) -> None:
+        """Remember what the call's ``<Connect action>`` is to answer (before its stream closes)."""
+        decision = decision_of(end.action if end is not None else None, end, call.agent)
+        if decision is not None and call.call_sid is not None:
+            self.state.decisions.put(call.call_sid, decision)
+
+    async def close(self) -> None:
+        if self.tools is not None:
+            await self.tools.close()
 
     def connection(self, transport: asyncio.Transport) -> MediaConnection:
         return MediaConnection(self, transport)
@@ -100,6 +121,8 @@ class MediaEndpoint:
             recorder=recorder,
             connect_timeout_s=settings.model_connect_timeout_s,
             log_payloads=settings.log_payloads,
+            run_tool=self.run_tool,
+            on_end=self.call_ended,
         )
 
 

@@ -61,6 +61,7 @@ class Service:
             bridge.hang_up()
         if self._front is not None:
             await self._front.stop()
+        await self.media.close()
         self._app_stop.set()
         if self._app_task is not None:
             with contextlib.suppress(TimeoutError):

@@ -114,6 +114,28 @@ class CallerTranscript:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """``response.function_call_arguments.done``: the model calls a function (``arguments``: JSON text).
+
+    Also sent when the response is cut short: act on it once ``response.done`` says completed."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class McpEvent:
+    """An MCP event (``mcp_list_tools.*``, ``response.mcp_call.*``): OpenAI calls the server itself."""
+
+    type: str
+    item_id: str | None
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ItemTruncated:
     item_id: str
     audio_end_ms: int
@@ -200,6 +222,8 @@ Event: TypeAlias = (
     | AgentTranscript
     | CallerTranscript
     | ItemTruncated
+    | FunctionCall
+    | McpEvent
     | ResponseDone
     | Error
     | Unknown
@@ -289,6 +313,13 @@ class TruncateItem:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteItem:
+    """``conversation.item.delete``: an item nobody heard leaves the conversation."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreateItem:
     """``conversation.item.create``: a message or a function output appended to the conversation."""
 
@@ -296,7 +327,7 @@ class CreateItem:
 
 
 Command: TypeAlias = (
-    UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem | CreateItem
+    UpdateSession | AppendAudio | CreateResponse | CancelResponse | TruncateItem | CreateItem | DeleteItem
 )
 
 
@@ -321,6 +352,8 @@ def serialize(command: Command, event_id: str | None = None) -> str:
                 body["response_id"] = response_id
         case CreateItem(item=item):
             body = {"type": "conversation.item.create", "item": dict(item)}
+        case DeleteItem(item_id=item_id):
+            body = {"type": "conversation.item.delete", "item_id": item_id}
         case TruncateItem(item_id=item_id, audio_end_ms=audio_end_ms, content_index=content_index):
             body = {
                 "type": "conversation.item.truncate",
@@ -476,6 +509,19 @@ def _decode(kind: str, msg: Mapping[str, Any]) -> Event:
             return ItemTruncated(fields.text(msg, "item_id", kind), fields.integer(msg, "audio_end_ms", kind))
         case "response.done":
             return _response_done(msg)
+        case "response.function_call_arguments.done":
+            return FunctionCall(
+                fields.text(msg, "response_id", kind),
+                fields.text(msg, "item_id", kind),
+                fields.text(msg, "call_id", kind),
+                fields.text(msg, "name", kind),
+                fields.text(msg, "arguments", kind),
+            )
+        case (
+            "mcp_list_tools.in_progress" | "mcp_list_tools.completed" | "mcp_list_tools.failed"
+            | "response.mcp_call.in_progress" | "response.mcp_call.completed" | "response.mcp_call.failed"
+        ):  # fmt: skip
+            return McpEvent(kind, fields.maybe_text(msg, "item_id"), kind.endswith(".failed"))
         case "error":
             return _error(msg)
         case _:
