@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit serve bench replay clean
+.PHONY: setup demo test lint typecheck unit serve bench replay check-deploy clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 ## make replay: replay the committed call recordings through the call logic
 replay: $(STAMP)
 	$(BIN)/python -m service.replay fixtures/calls/*.jsonl.gz
+
+## make check-deploy: validate Dockerfile, compose.yaml and infra/k8s (builds the image where Docker runs)
+check-deploy: $(STAMP)
+	.ci/check-deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
