@@ -7,6 +7,8 @@
     model = "gpt-realtime-2.1"      # optional, else OPENAI_REALTIME_MODEL
     transcription_model = "gpt-4o-mini-transcribe"
     noise_reduction = "near_field"  # near_field | far_field | off
+    max_call_s = 900                # optional: the longest an outbound call may last (Twilio's TimeLimit)
+    voicemail_message = "..."       # optional: left after the beep when a machine answers an outbound call
     [default.turn_detection]        # server_vad; every key optional
     threshold = 0.5
     prefix_padding_ms = 300
@@ -14,6 +16,8 @@
     create_response = true
     interrupt_response = true
     idle_timeout_ms = 8000          # optional
+    post_call_webhook = "https://..."   # optional: each call's record POSTed there (signed), else
+                                        # POST_CALL_WEBHOOK_URL
     [numbers."+15551230001"]        # the called number (E.164): inherits every key it does not set
     instructions = "..."
 
@@ -60,12 +64,18 @@ BUILTIN_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
 
+MAX_CALL_S = 14_400
+"""Twilio's longest ``TimeLimit`` (4 hours)."""
+
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _CUSTOM_VOICE = re.compile(r"voice_[A-Za-z0-9_-]+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _AGENT_KEYS = frozenset(
-    {"instructions", "voice", "greeting", "model", "transcription_model", "noise_reduction", "turn_detection"}
-)
+    {
+        "instructions", "voice", "greeting", "model", "transcription_model", "noise_reduction",
+        "turn_detection", "post_call_webhook", "max_call_s", "voicemail_message",
+    }
+)  # fmt: skip
 _TURN_KEYS = frozenset(
     {
         "type",
@@ -163,6 +173,11 @@ def _fields(raw: dict[str, Any], path: str, env: Mapping[str, str], problems: li
                 out[name] = _turn_fields(value, where, problems)
             else:
                 problems.append(f"{where}: must be a table")
+        elif name == "max_call_s":
+            if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CALL_S:
+                out[name] = value
+            else:
+                problems.append(f"{where}: must be a whole number of seconds from 1 to {MAX_CALL_S}")
         elif not isinstance(value, str):
             problems.append(f"{where}: must be a string")
         elif name == "instructions":
@@ -176,8 +191,13 @@ def _fields(raw: dict[str, Any], path: str, env: Mapping[str, str], problems: li
             else:
                 voices = ", ".join(sorted(BUILTIN_VOICES))
                 problems.append(f"{where}: must be a built-in voice ({voices}) or a custom voice_... id")
-        elif name == "greeting":
+        elif name in ("greeting", "voicemail_message"):
             out[name] = value if value.strip() else None
+        elif name == "post_call_webhook":
+            if value.startswith(("https://", "http://")) and len(value) <= 2000:
+                out[name] = value
+            else:
+                problems.append(f"{where}: must be an http:// or https:// URL")
         elif name in ("model", "transcription_model"):
             if _NAME.fullmatch(value):
                 out[name] = value

@@ -24,8 +24,21 @@ every problem at once. Messages name the variable, never the value of a secret.
     ROLLOVER_MARGIN_S       default 300: replace a model session this long before its 60-minute limit
     CONTEXT_REPLAY_TOKENS   default 4000: conversation replayed to a replacement session, at most
     QUIET_BATCH_MS          default 100: quiet caller audio may wait this long to go in one append (0: off)
-    TOOLS_SIGNING_SECRET    secret (>= 16 chars) signing requests to the agents' HTTP tools; required when
-                            an agent has tools
+    TOOLS_SIGNING_SECRET    secret (>= 16 chars) signing requests to the agents' HTTP tools and the post-call
+                            webhooks; required when an agent has tools or a webhook is set
+    DATABASE_URL            default sqlite:///dialtone.db: call records and the state workers share
+                            (postgresql://user:password@host/db for several instances)
+    TWILIO_PRICE_PER_MINUTE optional: Twilio's price per minute (USD), a separate line of each call's cost
+    TRANSCRIPTION_PRICES    optional: MODEL=USD/1M or MODEL=USD/min, comma-separated
+    MAX_CALLS               default 100: live calls per instance (all its workers); 0: no limit
+    BUSY_RESPONSE           say (default: a polite message, then hang up) | reject (<Reject reason="busy"/>)
+    MIN_TOKENS_REMAINING    default 5000: refuse new calls while OpenAI's token budget is below this (0: off)
+    DRAIN_TIMEOUT_S         default 60: on SIGTERM, live calls may go on this long before they are ended
+    POST_CALL_WEBHOOK_URL   optional: every call's record is POSTed there (signed); agents may set their own
+    TWILIO_API_BASE_URL     default https://api.twilio.com: Twilio's REST API (outbound calls, numbers); a
+                            simulator or any Twilio-compatible endpoint may stand in
+    DIALTONE_API_KEY        optional secret (>= 16 chars): the bearer key of POST /calls and GET /calls/{sid}
+                            (unset: that API is off); needs TWILIO_ACCOUNT_SID
 """
 
 from __future__ import annotations
@@ -46,14 +59,22 @@ from service.core.call import CallConfig
 from service.core.links import RolloverPolicy
 from service.core.reconnect import ReconnectPolicy
 from service.errors import ConfigError
+from service.records.db import DEFAULT_URL, parse_url
+from service.records.errors import RecordsConfigError
+from service.records.pricing import Pricing, pricing_from_env
 
 __all__ = [
     "ACTION_PATH",
+    "AMD_PATH",
+    "CALLS_PATH",
     "DEFAULT_REALTIME_MODEL",
     "DEFAULT_REALTIME_URL",
+    "DEFAULT_TWILIO_API_BASE_URL",
     "DEPRECATED_MODELS",
     "DIAL_DONE_PATH",
+    "FALLBACK_PATH",
     "MEDIA_PATH",
+    "STATUS_PATH",
     "VOICE_PATH",
     "WHISPER_PATH",
     "Settings",
@@ -69,6 +90,15 @@ DIAL_DONE_PATH = "/twilio/dial-done"
 """``<Dial action>`` of a transfer: what to do when the dial is over (nobody answered: the fallback)."""
 WHISPER_PATH = "/twilio/whisper"
 """``<Number url>`` of a transfer: said to whoever answers before the caller is connected."""
+STATUS_PATH = "/twilio/status"
+"""Call status callbacks (outbound calls, and the numbers pointed with ``python -m service numbers``)."""
+AMD_PATH = "/twilio/amd"
+"""The asynchronous answering-machine detection callback of an outbound call."""
+FALLBACK_PATH = "/twilio/fallback"
+"""A number's voice fallback URL: an apology when the voice webhook failed."""
+CALLS_PATH = "/calls"
+"""The HTTP API: ``POST /calls`` places an outbound call, ``GET /calls/{sid}`` tells its status."""
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
@@ -122,6 +152,15 @@ class Settings:
     context_replay_tokens: int = 4_000
     quiet_batch_ms: int = 100
     tools_signing_secret: bytes | None = field(default=None, repr=False)
+    database_url: str = field(default=DEFAULT_URL, repr=False)  # may hold a password
+    pricing: Pricing = field(default_factory=Pricing)
+    max_calls: int = 100
+    busy_response: Literal["say", "reject"] = "say"
+    min_tokens_remaining: int = 5_000
+    drain_timeout_s: float = 60.0
+    post_call_webhook_url: str | None = None
+    twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
+    dialtone_api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -201,6 +240,38 @@ class Settings:
         if raw_tools_secret is not None and len(raw_tools_secret) < _MIN_TOKEN_SECRET_CHARS:
             problems.append(f"TOOLS_SIGNING_SECRET: must be at least {_MIN_TOKEN_SECRET_CHARS} characters")
 
+        database_url = get("DATABASE_URL") or DEFAULT_URL
+        try:
+            parse_url(database_url)
+            pricing = pricing_from_env(env)
+        except RecordsConfigError as exc:
+            problems.append(str(exc))
+            pricing = Pricing()
+        max_calls = _int_in(get("MAX_CALLS"), "MAX_CALLS", 100, 0, 100_000, problems)
+        busy = (get("BUSY_RESPONSE") or "say").lower()
+        if busy not in ("say", "reject"):
+            problems.append(f"BUSY_RESPONSE: must be say or reject (got {_show(busy)})")
+            busy = "say"
+        min_tokens = _int_in(
+            get("MIN_TOKENS_REMAINING"), "MIN_TOKENS_REMAINING", 5_000, 0, 10_000_000, problems
+        )
+        drain_s = _float_in(get("DRAIN_TIMEOUT_S"), "DRAIN_TIMEOUT_S", 60.0, 0.0, 3600.0, problems)
+        webhook_url = get("POST_CALL_WEBHOOK_URL")
+        if webhook_url is not None and urlsplit(webhook_url).scheme not in ("http", "https"):
+            problems.append("POST_CALL_WEBHOOK_URL: must be an http:// or https:// URL")
+        if webhook_url is not None and raw_tools_secret is None:
+            problems.append("TOOLS_SIGNING_SECRET: required with POST_CALL_WEBHOOK_URL (it signs webhooks)")
+
+        twilio_api = (get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL).rstrip("/")
+        api_parts = urlsplit(twilio_api)
+        if api_parts.scheme not in ("http", "https") or not api_parts.hostname or api_parts.query:
+            problems.append("TWILIO_API_BASE_URL: must be an http:// or https:// URL without a query string")
+        dialtone_key = get("DIALTONE_API_KEY")
+        if dialtone_key is not None and len(dialtone_key) < _MIN_TOKEN_SECRET_CHARS:
+            problems.append(f"DIALTONE_API_KEY: must be at least {_MIN_TOKEN_SECRET_CHARS} characters")
+        if dialtone_key is not None and account_sid is None:
+            problems.append("TWILIO_ACCOUNT_SID: required with DIALTONE_API_KEY (outbound calls use it)")
+
         record_dir = get("RECORD_CALLS_DIR")
         slack_ms = _int_in(get("TRUNCATE_SLACK_MS"), "TRUNCATE_SLACK_MS", 0, 0, 200, problems)
         log_payloads = _bool(get("LOG_PAYLOADS"), "LOG_PAYLOADS", problems)
@@ -241,6 +312,15 @@ class Settings:
             context_replay_tokens=context_tokens,
             quiet_batch_ms=quiet_batch_ms,
             tools_signing_secret=raw_tools_secret.encode() if raw_tools_secret is not None else None,
+            database_url=database_url,
+            pricing=pricing,
+            max_calls=max_calls,
+            busy_response="reject" if busy == "reject" else "say",
+            min_tokens_remaining=min_tokens,
+            drain_timeout_s=drain_s,
+            post_call_webhook_url=webhook_url,
+            twilio_api_base_url=twilio_api,
+            dialtone_api_key=dialtone_key,
         )
 
     @property

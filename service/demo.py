@@ -7,6 +7,7 @@ left, agent right, as heard) to listen to::
 
     python -m service.demo [--speed 1.0] [--wav out/demo-call.wav] [--record out/calls]
                            [--drop-model-at SECONDS [--drop-abort]]
+    python -m service.demo --outbound [--speed 1.0]     (service.demo_outbound: an outbound call)
 
 ``--drop-model-at`` drops the model socket in use at that many seconds of stream time (close 1011, or a
 TCP reset with ``--drop-abort``): the call goes on on a new session, and the timeline shows the
@@ -422,9 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --drop-model-at: drop it with a TCP reset (no close frame) instead",
     )
+    parser.add_argument(
+        "--outbound",
+        action="store_true",
+        help="place an outbound call instead, through the calls API and the Twilio REST simulator",
+    )
     args = parser.parse_args(argv)
     if args.speed <= 0:
         parser.error("--speed must be positive")
+    if args.outbound:
+        from service.demo_outbound import run_outbound
+
+        wav = args.wav if args.wav != Path("out/demo-call.wav") else Path("out/demo-outbound.wav")
+        return asyncio.run(run_outbound(args.speed, wav))
     if args.drop_model_at is not None and args.drop_model_at < 0:
         parser.error("--drop-model-at must be 0 or more")
     if args.drop_abort and args.drop_model_at is None:

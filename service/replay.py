@@ -6,6 +6,10 @@ at their recorded offsets (``now`` is the recorded time: no clock, no sockets), 
 call decides to send, and compares that with what the service sent when the call was recorded: the
 recording is the golden.
 
+HTTP tools are not run: the tool calls the call asks for are compared with the recorded ones (the
+tool, its arguments and the model's ``call_id``, as ``("tool", text)`` in the outbound sequence, see
+:func:`tool_text`), and the recorded results are inputs like any other.
+
 Audio is compared with a tolerance of a few least-significant steps (numpy builds may round the last
 bit differently); everything else must match exactly. Run it on files::
 
@@ -19,7 +23,7 @@ import base64
 import gzip
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ import numpy as np
 from service.core.agent import Agent
 from service.core.audio import AudioConverter, Transcoder
 from service.core.call import Call, CallConfig
+from service.core.commands import CallTool
 from service.core.inputs import StartAuthorized, StartRejected, StreamAccepted
 from service.runtime.recorder import Line, agent_from_dict, config_from_dict, input_line, read_input
 from service.runtime.routing import Outgoing, Router
@@ -75,7 +80,14 @@ class Recording:
     config: CallConfig = field(default_factory=CallConfig)
 
     def outbound(self) -> list[tuple[str, str]]:
-        return [(e.peer, e.msg) for e in self.entries if e.direction == "out"]
+        """What the call sent, in order: ``(peer, text)``; a tool call is ``("tool", tool_text(...))``."""
+        return [
+            ("tool", tool_text(e.line["call_id"], e.line["tool"], e.line["arguments"]))
+            if e.peer == "tool"
+            else (e.peer, e.msg)
+            for e in self.entries
+            if e.direction == "out"
+        ]
 
     @property
     def agent(self) -> Agent | None:
@@ -96,6 +108,11 @@ class ReplayResult:
     @property
     def ok(self) -> bool:
         return not self.mismatches
+
+
+def tool_text(call_id: str, tool: str, arguments: Mapping[str, Any]) -> str:
+    """A tool call as compared by the replay: the model's call id, the tool's name, its arguments."""
+    return json.dumps({"call_id": call_id, "tool": tool, "arguments": dict(arguments)}, sort_keys=True)
 
 
 def _open(path: Path) -> Iterator[str]:
@@ -167,6 +184,8 @@ def replay(recording: Recording, transcoder: Callable[[], AudioConverter] = Tran
             out = router.route(command)
             if isinstance(out, Outgoing):
                 sent.append((out.peer, out.text))
+            elif isinstance(out, CallTool):
+                sent.append(("tool", tool_text(out.call_id, out.tool.name, out.arguments)))
     result = ReplayResult(sent, recording.outbound(), call=call)
     result.mismatches = compare(result.expected, result.sent)
     return result

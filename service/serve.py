@@ -13,8 +13,10 @@ that dies is started again. A call lives in one worker, from its webhook to its 
 webhook and the stream land on the same one, which nothing requires: a stream's token is checked
 statelessly by whichever worker gets it (see the README on what the workers share).
 
-SIGTERM and SIGINT stop the server (the supervisor passes them to its workers): it stops listening,
-ends the calls still running (each logs its summary) and exits.
+SIGTERM and SIGINT stop the server (the supervisor passes them to its workers): new calls are refused
+(the webhook answers busy, ``/readyz`` 503), live calls go on for up to ``DRAIN_TIMEOUT_S``, the rest
+are ended politely (the caller hears that the line closes), then the server stops listening, delivers
+its webhooks and writes every call record before it exits. A second signal ends the drain at once.
 """
 
 from __future__ import annotations
@@ -45,17 +47,24 @@ RESTART_PAUSE_S = 1.0
 async def _serve(app: Quart, settings: Settings, *, reuse_port: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     service = Service(app, host="0.0.0.0", port=settings.port, reuse_port=reuse_port)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: ending the drain now")
+            service.drain_cut.set()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     await service.start()
     pid, url = os.getpid(), settings.public_base_url
     log.info("Dialtone on port %d (pid %d), public URL %s", service.port, pid, url)
     try:
         await stop.wait()
     finally:
-        log.info("stopping")
-        await service.stop()
+        log.info("stopping: new calls refused, draining for up to %.0f s", settings.drain_timeout_s)
+        await service.stop(drain_timeout_s=settings.drain_timeout_s)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -190,7 +190,9 @@ def test_realtime_error_and_unknown_and_invalid() -> None:
     assert err == realtime.Error(
         "invalid_request_error", "response_cancel_not_active", "m", None, "evt_3", realtime.ErrorKind.BENIGN
     )
-    assert realtime.parse('{"type":"rate_limits.updated"}') == realtime.Unknown("rate_limits.updated")
+    assert realtime.parse('{"type":"output_audio_buffer.started"}') == realtime.Unknown(
+        "output_audio_buffer.started"
+    )
     assert isinstance(realtime.parse("nope"), realtime.Invalid)
     odd = json.dumps(
         {"type": "response.output_audio.delta", "response_id": "r", "item_id": "i", "delta": "AAE="[:3]}
@@ -270,3 +272,17 @@ def test_a_model_message_nested_thousands_deep_is_invalid_not_an_exception() -> 
     for text in ("[" * 50_000, '{"a":' * 20_000 + "1" + "}" * 20_000):
         event = realtime.parse(text)
         assert isinstance(event, realtime.Invalid) and "nested" in event.reason
+
+
+def test_rate_limits_keep_the_tokens_limit() -> None:
+    limits = [
+        {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
+        {"name": "tokens", "limit": 40000, "remaining": 35123, "reset_seconds": 7.227},
+    ]
+    got = realtime.parse(json.dumps({"type": "rate_limits.updated", "event_id": "e", "rate_limits": limits}))
+    assert got == realtime.RateLimits(35123, 40000, 7.227)
+    no_tokens = json.dumps({"type": "rate_limits.updated", "rate_limits": limits[:1]})
+    assert realtime.parse(no_tokens) == realtime.RateLimits(None, None, None)
+    assert realtime.parse('{"type":"rate_limits.updated"}') == realtime.Invalid(
+        "rate_limits.updated: rate_limits is not a list"
+    )

@@ -7,27 +7,38 @@
 - the timer: a filler when a tool is slow, a keypad entry after a pause, the end of an ending call;
 - ``ending``: once the agent's last words have been heard (no response active, nothing left to play),
   the call ends with the action decided (hang up, transfer).
+- an outbound call: Twilio's answering-machine verdict (:class:`~service.core.inputs.MachineDetected`):
+  on ``machine_*`` the agent stops talking, leaves its voicemail message and hangs up; ``fax`` is hung up
+  on at once; ``human`` changes nothing. The ``voicemail`` tool (for when detection is off or wrong) is
+  withdrawn after the agent's first :data:`VOICEMAIL_TOOL_TURNS` responses.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from service.core.actions import Actions
 from service.core.agent import Agent
 from service.core.answers import Answers
-from service.core.commands import Action, Command, ToModel
+from service.core.commands import Action, Command, Hangup, ToModel
 from service.core.dtmf import tones
 from service.core.inputs import ToolResult
 from service.core.links import Sessions
 from service.core.phase import Phase
+from service.core.record import Timeline
+from service.core.session import tools_update
+from service.core.summary import CallStats
 from service.wire import realtime
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
+
+VOICEMAIL_TOOL_TURNS = 2
+"""The ``voicemail`` tool is offered during the agent's first responses only: a machine answers at once."""
 
 
 class Acting:
@@ -42,6 +53,9 @@ class Acting:
     sessions: Sessions
     _start_params: Mapping[str, str]
     _response_requested: bool
+    _greeting_due: bool
+    stats: CallStats
+    timeline: Timeline
 
     def _end(
         self, now: float, reason: str, twilio_close_code: int = 1000, action: Action | None = None
@@ -65,7 +79,39 @@ class Acting:
                 commands += self.answers.tones(tones(digits), now)
             if self.actions.ending is not None and self.phase is not Phase.ENDING:
                 self.phase = Phase.ENDING
+            commands += self._withdraw_voicemail_tool(link)
         return commands + self._respond_if_idle(link)
+
+    def _withdraw_voicemail_tool(self, link: int) -> list[Command]:
+        """After the first turns a machine would have shown itself: the ``voicemail`` tool goes."""
+        agent = self.agent
+        if agent is None or not agent.voicemail_tool or self.stats.responses < VOICEMAIL_TOOL_TURNS:
+            return []
+        self.agent = agent = replace(agent, voicemail_tool=False)
+        return [ToModel(link, realtime.UpdateSession(tools_update(agent)))]
+
+    def _on_machine(self, answered_by: str, now: float) -> list[Command]:
+        """Twilio's answering-machine detection has decided who answered this (outbound) call."""
+        self.timeline.note(now, "answered_by", answered_by=answered_by)
+        log.info("answered by: %s", answered_by)
+        agent = self.agent
+        if agent is None:
+            log.warning("answering-machine verdict before the stream started: ignored")
+            return []
+        if answered_by == "fax":
+            return self._end(now, "a fax machine answered", action=Hangup())
+        if not answered_by.startswith("machine_"):
+            return []  # a person (or unknown): the conversation goes on
+        if not self.actions.voicemail(agent, f"answering machine ({answered_by})", now):
+            return []
+        self._greeting_due = False
+        live = self.sessions.live
+        if live is None or not live.configured:
+            return []  # said once the session is configured (see _on_session_updated)
+        commands: list[Command] = []
+        if self.answers.busy():
+            commands += self.answers.barge_in(now, live.id, server_cancels=False)  # stop talking over it
+        return commands + self._respond_if_idle(live.id)
 
     def _respond_if_idle(self, link: int) -> list[Command]:
         """A response the call owes the model (after a tool output...), once none is active."""
@@ -73,7 +119,8 @@ class Acting:
             return []
         self.actions.respond_when_idle = False
         self._response_requested = True
-        return [ToModel(link, realtime.CreateResponse())]
+        instructions, self.actions.say_due = self.actions.say_due, None
+        return [ToModel(link, realtime.CreateResponse(instructions))]
 
     def _on_tool_result(self, result: ToolResult, now: float) -> list[Command]:
         live = self.sessions.live

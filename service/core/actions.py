@@ -12,6 +12,10 @@
   words (its goodbye, its handoff sentence) have been heard, or after :data:`ENDING_CAP_S`, the call ends
   with an action for Twilio (hang up; dial the destination). ``transfer_call`` takes only a configured
   destination's name. ``send_dtmf`` plays the keys as in-band tones (ITU-T Q.23) in the stream.
+- **Voicemail.** On an outbound call a machine may answer: told so by Twilio's answering-machine
+  detection (:meth:`Actions.voicemail`), or by the model through the ``voicemail`` tool (offered in the
+  first two turns), the agent says its ``voicemail_message`` (after the beep: the detection reports the
+  end of the greeting) and hangs up once it has been heard, or after :data:`VOICEMAIL_CAP_S`.
 - **Keypad.** The caller's digits are gathered (until the terminator, ``max_digits``, or a pause of
   ``digit_timeout_ms``) and told to the model as the caller's message. Digits are never logged at INFO.
 
@@ -29,6 +33,7 @@ from service.core.agent import Agent
 from service.core.commands import Action, CallTool, Command, Dial, Hangup, ToModel
 from service.core.conversation import Conversation
 from service.core.record import Timeline, ToolCallRecord
+from service.core.session import voicemail_instructions
 from service.wire import realtime
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 FILLER_AFTER_S = 0.7
 ENDING_CAP_S = 10.0
 """The longest an ending call waits for the agent's last words to be heard."""
+VOICEMAIL_CAP_S = 90.0
+"""The longest a call leaving a voicemail message waits for it to be heard."""
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
@@ -78,6 +85,8 @@ class Actions:
         self.respond_when_idle = False
         self.tones_due = ""
         """Keys ``send_dtmf`` asked to play, for the call to turn into audio."""
+        self.say_due: str | None = None
+        """Instructions for the next response the call asks for (the voicemail message to leave)."""
         self._digits: list[str] = []
         self._digit_at = 0.0
 
@@ -124,6 +133,11 @@ class Actions:
                 summary = str(arguments.get("summary", "")) if arguments else ""
                 reason = f"transferred to {destination.name}"
                 return self._end(call, link, reason, Dial(destination, summary), heard_audio, now)
+            case "voicemail" if agent.voicemail_tool:
+                if not self.voicemail(agent, "the model heard a voicemail greeting", now):
+                    return self._answer(call, link, {"result": "The call is already ending."}, "ok", 0, now)
+                done = "Leaving the voicemail message now." if agent.voicemail_message else "Hanging up."
+                return self._answer(call, link, {"result": done}, "ok", 0, now)
             case "send_dtmf" if "send_dtmf" in agent.call_control:
                 digits = str(arguments.get("digits", "")) if arguments else ""
                 if not digits or not set(digits) <= DTMF_DIGITS or len(digits) > 32:
@@ -157,6 +171,19 @@ class Actions:
         log.info("the agent ends the call: %s", reason)
         # No words came with the call: the model is asked to say them now.
         return self._answer(call, link, output, "ok", 0, now, respond=not heard_audio)
+
+    def voicemail(self, agent: Agent, why: str, now: float) -> bool:
+        """A machine answered: leave the agent's voicemail message (if it has one), then hang up. False
+        when the call was already ending (the first decision stands)."""
+        if self.ending is not None:
+            return False
+        self.ending = Ending(f"voicemail ({why})", Hangup(), now + VOICEMAIL_CAP_S)
+        self._timeline.note(now, "voicemail", message=bool(agent.voicemail_message))
+        log.info("voicemail: %s; %s", why, "leaving the message" if agent.voicemail_message else "hanging up")
+        if agent.voicemail_message:
+            self.say_due = voicemail_instructions(agent.voicemail_message)
+            self.respond_when_idle = True
+        return True
 
     def _answer(
         self, call: realtime.FunctionCall, link: int, output: dict[str, Any], outcome: str, duration_ms: int,

@@ -72,7 +72,8 @@ class Transfer:
 
 CALL_CONTROL = frozenset({"end_call", "send_dtmf"})
 """Built-in tools an agent may enable (``transfer_call`` comes with ``transfers``)."""
-BUILTIN_TOOLS = CALL_CONTROL | {"transfer_call"}
+BUILTIN_TOOLS = CALL_CONTROL | {"transfer_call", "voicemail"}
+"""Names an HTTP tool may not take (``voicemail`` is offered on outbound calls, in their first turns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,14 @@ class Agent:
     call_control: frozenset[str] = frozenset()
     transfers: tuple[Transfer, ...] = ()
     keypad: Keypad = Keypad()
+    post_call_webhook: str | None = field(default=None, repr=False)
+    """Where each call's record is POSTed (signed) when it ends; None: the service's default, if any."""
+    max_call_s: int | None = None
+    """The longest an outbound call placed for this agent may last (Twilio's ``TimeLimit``)."""
+    voicemail_message: str | None = field(default=None, repr=False)
+    """Left after the beep when an answering machine takes an outbound call; then the agent hangs up."""
+    voicemail_tool: bool = False
+    """Per call: the model is offered the ``voicemail`` tool (an outbound call, in its first two turns)."""
 
     @property
     def voice_param(self) -> str | dict[str, str]:

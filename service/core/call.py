@@ -41,14 +41,16 @@ from service.core.actions import Actions
 from service.core.agent import Agent
 from service.core.answers import Answers
 from service.core.audio import AudioConverter
-from service.core.commands import Action, Authorize, CloseModel, Command, EndCall, ToModel
+from service.core.commands import Action, Authorize, CloseModel, Command, Dial, EndCall, ToModel
 from service.core.conversation import Conversation
 from service.core.failover import Failover, formats_ok
 from service.core.inputs import (
     Input,
+    MachineDetected,
     ModelClosed,
     ModelMessage,
     ModelOpened,
+    Shutdown,
     StartAuthorized,
     StartRejected,
     StreamAccepted,
@@ -63,7 +65,7 @@ from service.core.playback import PlaybackLedger
 from service.core.reconnect import ReconnectPolicy
 from service.core.record import CallRecord, Timeline, TurnRecord
 from service.core.session import greeting_instructions
-from service.core.summary import CallStats, summary_line
+from service.core.summary import SHUTDOWN_REASON, CallStats, end_kind, summary_line
 from service.core.uplink import QUIET_BATCH_MS, QuietBatch, Throttle, Uplink, Utterance, is_quiet
 from service.wire import realtime, twilio
 
@@ -131,6 +133,11 @@ class Call(Failover, Acting):
         return self.phase is Phase.ENDED
 
     @property
+    def start_params(self) -> Mapping[str, str]:
+        """The ``customParameters`` of the stream's ``start`` (empty before it)."""
+        return self._start_params
+
+    @property
     def live_link(self) -> int | None:
         live = self.sessions.live
         return live.id if live is not None else None
@@ -165,6 +172,10 @@ class Call(Failover, Acting):
                 commands = self._end(now, "twilio socket closed")
             case ToolResult():
                 commands = self._on_tool_result(event, now)
+            case Shutdown():
+                commands = self._end(now, SHUTDOWN_REASON)
+            case MachineDetected(answered_by=answered_by):
+                commands = self._on_machine(answered_by, now)
             case _:
                 assert_never(event)
         if self.actions.ending is not None:
@@ -425,6 +436,8 @@ class Call(Failover, Acting):
                 if kind == "message" and role == "assistant":
                     answers.item_added(item_id, now)
                 return []
+            case realtime.RateLimits():
+                return []  # the runtime reads them (new calls are refused when tokens run low)
             case realtime.ItemTruncated(item_id=item_id, audio_end_ms=audio_end_ms):
                 log.debug("item %s truncated at %d ms", item_id, audio_end_ms)
                 return []
@@ -528,5 +541,15 @@ class Call(Failover, Acting):
             stats=self.stats,
             actions=self.actions.stats,
             end_reason=self.end_reason,
+            end_kind=self.end_kind,
         )
+
+    @property
+    def end_kind(self) -> str:
+        """The kind of the end (:data:`~service.core.summary.END_KINDS`), for metrics."""
+        ending = self.actions.ending
+        decided = None
+        if ending is not None:
+            decided = "transfer" if isinstance(ending.action, Dial) else "agent_hangup"
+        return end_kind(self.end_reason, decided)
 

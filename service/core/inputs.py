@@ -12,6 +12,8 @@ back, and :meth:`service.core.call.Call.handle` takes them (with ``now``) one at
     ModelClosed(link, code, detail, http_status)    model socket ``link`` closed or failed to open
     TimerFired                             the deadline the call asked for has passed
     ToolResult(call_id, output, outcome, duration_ms)   an HTTP tool the call ran has answered
+    Shutdown                               the service is stopping and the drain is over: end politely
+    MachineDetected(answered_by)           an outbound call's answering-machine verdict (Twilio's AMD)
 
 Model sockets are numbered by the call (``link``), so that an input from a socket the call has
 already replaced is recognised and ignored. ``text`` fields are for the recorder only: the call reads
@@ -99,6 +101,20 @@ class ToolResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The service is stopping and the call outlived the drain: it ends (the caller is told why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MachineDetected:
+    """Twilio's answering-machine detection on an outbound call: ``answered_by`` is ``human``,
+    ``machine_start``, ``machine_end_beep``, ``machine_end_silence``, ``machine_end_other``, ``fax`` or
+    ``unknown``."""
+
+    answered_by: str
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     """``now`` has reached the call's :meth:`~service.core.call.Call.next_deadline`."""
 
@@ -114,4 +130,6 @@ Input: TypeAlias = (
     | ModelClosed
     | TimerFired
     | ToolResult
+    | Shutdown
+    | MachineDetected
 )

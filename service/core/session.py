@@ -75,6 +75,15 @@ def tools_for(agent: Agent) -> list[dict[str, Any]]:
             {"digits": {"type": "string", "pattern": "^[0-9*#A-D]{1,32}$"}},
             ["digits"],
         ))  # fmt: skip
+    if agent.voicemail_tool:
+        tools.append(_function(
+            "voicemail",
+            "Call this, and say nothing, as soon as you hear an answering machine or a voicemail greeting "
+            "instead of a person (a recorded greeting, 'leave a message after the tone'). The message is "
+            "left for you after the beep, then the call ends.",
+            {},
+            [],
+        ))  # fmt: skip
     for server in agent.mcp:
         entry: dict[str, Any] = {
             "type": "mcp",
@@ -101,6 +110,15 @@ def _function(name: str, description: str, properties: dict[str, Any], required:
 
 def greeting_instructions(greeting: str) -> str:
     return f'Greet the caller by saying exactly this, and nothing else: "{greeting}"'
+
+
+def voicemail_instructions(message: str) -> str:
+    return f'You reached voicemail. Leave this message, word for word, and nothing else: "{message}"'
+
+
+def tools_update(agent: Agent) -> dict[str, Any]:
+    """A ``session.update`` body that changes only the tools (the ``voicemail`` tool withdrawn)."""
+    return {"type": "realtime", "tools": tools_for(agent), "tool_choice": "auto"}
 
 
 def estimate_tokens(text: str) -> int:

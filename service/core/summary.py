@@ -9,6 +9,31 @@ from service.core.actions import ActionStats
 from service.core.uplink import UplinkStats
 from service.wire import realtime
 
+SHUTDOWN_REASON = "service shutting down"
+
+_KINDS = (
+    ("caller hung up", "caller_hangup"),
+    ("twilio socket closed", "twilio_closed"),
+    ("agent ended the call", "agent_hangup"),
+    ("transferred to ", "transfer"),
+    (SHUTDOWN_REASON, "shutdown"),
+    ("stream rejected", "rejected"),
+    ("unsupported media format", "rejected"),
+    ("no start message", "rejected"),
+    ("model", "model_failure"),
+)
+END_KINDS = frozenset(kind for _, kind in _KINDS) | {"other"}
+"""The few kinds of end (a metric's label: the reasons themselves are free text)."""
+
+
+def end_kind(reason: str | None, decided: str | None = None) -> str:
+    """The kind of an end reason; ``decided`` (the agent's: ``agent_hangup``, ``transfer``) wins."""
+    if decided is not None:
+        return decided
+    if reason is None:
+        return "other"
+    return next((kind for prefix, kind in _KINDS if reason.startswith(prefix)), "other")
+
 
 @dataclass(slots=True)
 class CallStats:
@@ -42,6 +67,7 @@ def summary_line(
     stats: CallStats,
     actions: ActionStats,
     end_reason: str | None,
+    end_kind: str,
 ) -> dict[str, Any]:
     """The fields of the call's summary line: counts and timings, never text or audio."""
     return {
@@ -78,4 +104,5 @@ def summary_line(
         "mcp_calls": actions.mcp_calls,
         "mcp_errors": actions.mcp_errors,
         "end_reason": end_reason,
+        "end_kind": end_kind,
     }

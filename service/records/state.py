@@ -170,6 +170,38 @@ class SharedState:
                 self._live += 1
             return started
 
+    def try_admit(
+        self, max_calls: int, local_live: int, now_s: float | None = None, stale_s: float = DEFAULT_STALE_S
+    ) -> bool:
+        """One more call on this instance (this host: all its worker processes), if it has room.
+
+        Atomically: the live calls the other processes of this host last reported, plus ``local_live``
+        (this process's own count, which the caller keeps), must be below ``max_calls``; then this
+        process reports ``local_live + 1``. (``try_start_call`` counts every instance of the database.)"""
+        now = _now(now_s)
+        host = self.instance.split(":", 1)[0] + ":"
+
+        def admit(conn: Connection) -> bool:
+            if self.db.backend == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(_PG_CALLS_LOCK)))
+            others = conn.execute(
+                select(func.coalesce(func.sum(InstanceRow.live_calls), 0)).where(
+                    InstanceRow.heartbeat_s > now - stale_s,
+                    InstanceRow.instance != self.instance,
+                    InstanceRow.instance.startswith(host, autoescape=True),
+                )
+            ).scalar_one()
+            if int(others) + local_live >= max_calls:
+                return False
+            self._upsert_instance(conn, local_live + 1, now)
+            return True
+
+        with self._lock:
+            admitted = self._run("admit a call", admit)
+            if admitted:
+                self._live = local_live + 1
+            return admitted
+
     def end_call(self, now_s: float | None = None) -> None:
         """One live call fewer here. Never raises: a failed update is repaired by the next heartbeat."""
         with self._lock:

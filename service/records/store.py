@@ -42,6 +42,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,7 @@ class RecordStore:
         heartbeat_s: float | None = 10.0,
         instance: str | None = None,
         migrate: bool = True,
+        live_calls: Callable[[], int] | None = None,
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be at least 1")
@@ -115,6 +117,7 @@ class RecordStore:
         self.heartbeat_s = heartbeat_s
         self.instance = instance or instance_id()
         self.state = SharedState(self.db, self.instance)
+        self._live_calls = live_calls  # what each heartbeat reports (default: the state's own count)
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[_Item] = deque()
         self._batch: list[dict[str, Any]] = []
@@ -240,7 +243,7 @@ class RecordStore:
                     self._write_batch()
                 now = time.monotonic()
                 if self.heartbeat_s and now >= next_heartbeat and not self._closing:
-                    self.state.heartbeat()
+                    self.state.heartbeat(self._live_calls() if self._live_calls is not None else None)
                     next_heartbeat = now + self.heartbeat_s
                     if now >= next_prune:
                         self.state.prune()

@@ -34,6 +34,7 @@ from service.core.inputs import (
     ModelClosed,
     ModelMessage,
     ModelOpened,
+    Shutdown,
     StartAuthorized,
     StartRejected,
     StreamAccepted,
@@ -66,12 +67,15 @@ class TextSocket(Protocol):
 
 OpenModelSocket = Callable[[str, OnMessage, OnClose], Awaitable[TextSocket]]
 """Open a model socket for a model name; its messages and its end go to the callbacks given."""
-Authorizer = Callable[[twilio.Start], StartAuthorized | StartRejected]
-"""The verdict on a stream's ``start`` (reads the wall clock and the single-use token register)."""
+Verdict = StartAuthorized | StartRejected
+Authorizer = Callable[[twilio.Start], Verdict | Awaitable[Verdict]]
+"""The verdict on a stream's ``start`` (reads the wall clock and the single-use token register): at once,
+or after an await (a register shared through the database)."""
 ToolCaller = Callable[[CallTool], Awaitable[ToolResult]]
 """Run an HTTP tool call; its result (never raises)."""
-OnEnd = Callable[[Call, EndCall | None], None]
-"""The call has ended (``EndCall``: how, and what Twilio is to do next); called before the sockets close."""
+OnEnd = Callable[[Call, EndCall | None, bool], None]
+"""The call has ended (``EndCall``: how, and what Twilio is to do next; then whether its stream token was
+genuine, though maybe not yet claimed); called before the sockets close."""
 
 
 class Bridge:
@@ -91,6 +95,7 @@ class Bridge:
         log_payloads: bool = False,
         run_tool: ToolCaller | None = None,
         on_end: OnEnd | None = None,
+        on_rate_limits: Callable[[realtime.RateLimits], None] | None = None,
     ) -> None:
         self.call = call
         self._twilio = twilio_socket
@@ -107,6 +112,8 @@ class Bridge:
         self._opening: dict[int, asyncio.Task[None]] = {}
         self._run_tool = run_tool
         self._on_end = on_end
+        self._token_genuine = False  # the start's token passed its signature check
+        self._on_rate_limits = on_rate_limits
         self._tools: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -130,7 +137,10 @@ class Bridge:
 
     def _model_message(self, link: int, message: str | bytes) -> None:
         text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-        self.handle(ModelMessage(link, realtime.parse(message), text))
+        event = realtime.parse(message)
+        if type(event) is realtime.RateLimits and self._on_rate_limits is not None:
+            self._on_rate_limits(event)  # the account's budget: the service's business, not the call's
+        self.handle(ModelMessage(link, event, text))
 
     def _model_closed(self, link: int, code: int | None, detail: str) -> None:
         self._models.pop(link, None)
@@ -190,10 +200,17 @@ class Bridge:
                         self._models.pop(link).close(1000, "")
                 case Authorize(start=start):
                     self._write()  # what came before goes first
+                    # every later line of this connection carries the CallSid (set here, in the
+                    # connection's own context: a task's would be a copy)
+                    call_id_var.set(start.call_sid)
                     verdict = self._authorize(start)
-                    if isinstance(verdict, StartAuthorized):
-                        call_id_var.set(start.call_sid)  # every later line of this call carries it
-                    self.handle(verdict)
+                    self._token_genuine = not isinstance(verdict, StartRejected)
+                    if isinstance(verdict, StartAuthorized | StartRejected):
+                        self.handle(verdict)
+                    else:
+                        task = self._loop.create_task(self._await_verdict(start, verdict))
+                        self._tools.add(task)  # cancelled with the call, like a tool
+                        task.add_done_callback(self._tools.discard)
                 case CallTool() as call:
                     if self._recorder is not None:
                         self._recorder.tool_call(now, call)
@@ -261,6 +278,14 @@ class Bridge:
         for deliver in pending:
             deliver()
 
+    async def _await_verdict(self, start: twilio.Start, pending: Awaitable[Verdict]) -> None:
+        try:
+            verdict = await pending
+        except Exception:  # the call must hear of it, as a refusal
+            log.exception("stream authorization failed")
+            verdict = StartRejected("authorization failed")
+        self.handle(verdict)
+
     async def _call_tool(self, call: CallTool) -> None:
         if self._run_tool is None:
             result = ToolResult(call.call_id, '{"error": "tools are not available"}', "error", 0)
@@ -292,8 +317,12 @@ class Bridge:
         self.handle(TimerFired())
 
     def hang_up(self) -> None:
-        """End the call from outside (the server is stopping): as if the Twilio socket had closed."""
+        """End the call from outside, as if the Twilio socket had closed."""
         self.handle(TwilioClosed())
+
+    def shut_down(self) -> None:
+        """End the call because the service is stopping (the caller is told so)."""
+        self.handle(Shutdown())
 
     def _finish(self, now: float) -> None:
         """The call has ended: log its summary, close its sockets, cancel what is still opening."""
@@ -315,7 +344,7 @@ class Bridge:
         self._models.clear()
         if self._on_end is not None:
             try:
-                self._on_end(self.call, self._end)
+                self._on_end(self.call, self._end, self._token_genuine)
             except Exception:  # its failure must not leave the sockets open
                 log.exception("call end handler failed")
         code = self._end.twilio_close_code if self._end is not None else 1000

@@ -34,9 +34,11 @@ from service.core.call import CallConfig
 from service.core.commands import CallTool
 from service.core.inputs import (
     Input,
+    MachineDetected,
     ModelClosed,
     ModelMessage,
     ModelOpened,
+    Shutdown,
     StartAuthorized,
     StartRejected,
     StreamAccepted,
@@ -83,6 +85,10 @@ def input_line(event: Input) -> Line:
             if status is not None:
                 line["status"] = status
             return line
+        case Shutdown():
+            return {"peer": "service", "dir": "event", "event": "shutdown"}
+        case MachineDetected(answered_by=answered_by):
+            return {"peer": "twilio", "dir": "event", "event": "answered_by", "detail": answered_by}
         case ToolResult(call_id=call_id, output=output, outcome=outcome, duration_ms=duration_ms):
             return {"peer": "tool", "dir": "in", "call_id": call_id, "output": output, "outcome": outcome,
                     "duration_ms": duration_ms}  # fmt: skip
@@ -109,6 +115,10 @@ def read_input(line: Line) -> Input | None:
             return TwilioClosed()
         case ("service", "event", "authorized"):
             return StartAuthorized(agent_from_dict(line["agent"]))
+        case ("service", "event", "shutdown"):
+            return Shutdown()
+        case ("twilio", "event", "answered_by"):
+            return MachineDetected(str(line.get("detail", "")))
         case ("service", "event", "rejected"):
             return StartRejected(str(line.get("detail", "")))
         case ("realtime", "event", "open"):

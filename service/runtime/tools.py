@@ -4,7 +4,9 @@
     result = await runner.run(call_tool)         # -> ToolResult; never raises (but CancelledError)
     await runner.close()
 
-The request body is JSON ``{"call_sid", "agent", "from", "to", "tool", "arguments"}``, with the tool's
+The request body is JSON ``{"call_sid", "agent", "from", "to", "tool", "arguments", "call_id"}``
+(``call_id``: the model's id of this call, unique: two calls with the same arguments in the same second
+do not sign alike, so a tool server that refuses replays does not refuse the second), with the tool's
 configured headers and two of ours: ``X-Dialtone-Timestamp`` (Unix seconds) and ``X-Dialtone-Signature``,
 the hex HMAC-SHA256 of ``timestamp + "." + body`` under ``TOOLS_SIGNING_SECRET``. A tool server
 recomputes it over the raw body and refuses a request whose timestamp is more than
@@ -78,7 +80,8 @@ class ToolRunner:
 
     def request(self, call: CallTool) -> tuple[bytes, dict[str, str]]:
         """The body and headers of ``call``'s request (signed now)."""
-        fields = {"call_sid": call.call_sid, "agent": call.agent, "from": call.caller, "to": call.called,
+        fields = {"call_sid": call.call_sid, "call_id": call.call_id, "agent": call.agent,
+                  "from": call.caller, "to": call.called,
                   "tool": call.tool.name, "arguments": dict(call.arguments)}  # fmt: skip
         body = json.dumps(fields, separators=(",", ":")).encode()
         timestamp = str(int(self._wall_clock()))
@@ -127,4 +130,3 @@ class ToolRunner:
 
 def _error(message: str) -> str:
     return json.dumps({"error": message})
-

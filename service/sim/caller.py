@@ -52,7 +52,7 @@ import urllib.request
 import wave
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -438,14 +438,14 @@ async def _request_action(
 
 async def _follow_actions(
     record: CallRecord, *, server_http_base: str, auth_token: str, webhook_url: str, to: str, from_: str,
-    dial_outcome: DialOutcome | None, dial_duration_s: int,
+    dial_outcome: DialOutcome | None, dial_duration_s: int, direction: str = "inbound",
 ) -> None:  # fmt: skip
     """After the stream: the ``<Connect action>`` request, then the simulated ``<Dial action>`` one."""
     assert record.connect_action is not None
     status = "in-progress" if record.end_reason == "server_closed" else "completed"
     params = {
         "CallSid": record.call_sid, "AccountSid": record.account_sid, "From": from_, "To": to,
-        "CallStatus": status, "Direction": "inbound", "ApiVersion": "2010-04-01",
+        "CallStatus": status, "Direction": direction, "ApiVersion": "2010-04-01",
     }  # fmt: skip
     url = urljoin(webhook_url, record.connect_action)
     common = {"server_http_base": server_http_base, "auth_token": auth_token}
@@ -484,12 +484,33 @@ def _sign(auth_token: str, url: str, params: Mapping[str, str], mode: Signature)
     return {"X-Twilio-Signature": str(RequestValidator(token).compute_signature(url, dict(params)))}
 
 
+@dataclass(eq=False)
+class StreamControl:
+    """The stream seen and steered from outside (the REST simulator: answering-machine timing, a hang-up
+    through the API). ``now_ms`` is the stream clock once ``started`` is set."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    hang_up: asyncio.Event = field(default_factory=asyncio.Event)
+    now_ms: Callable[[], float] | None = None
+    speed: float = 1.0
+
+    async def until_stream_ms(self, stream_ms: float) -> None:
+        """Until the stream has started and its clock has reached ``stream_ms``."""
+        await self.started.wait()
+        assert self.now_ms is not None
+        delay_s = (stream_ms - self.now_ms()) / self.speed / 1000
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+
+
 class _Call:
     """Runs the media stream of one call (the script, the frame clock, playback)."""
 
     def __init__(self, ws: ClientConnection, record: CallRecord, steps: list[Step], *, gaps: Sequence[
-        tuple[int, int]], max_duration_ms: int, playback_lag_ms: float = 0.0) -> None:  # fmt: skip
+        tuple[int, int]], max_duration_ms: int, playback_lag_ms: float = 0.0,
+        control: StreamControl | None = None) -> None:  # fmt: skip
         self._ws = ws
+        self._control = control
         self._record = record
         self._steps = steps
         self._gaps = gaps
@@ -528,6 +549,9 @@ class _Call:
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
             },
         })  # fmt: skip
+        if self._control is not None:
+            self._control.now_ms, self._control.speed = self.now_ms, record.speed
+            self._control.started.set()
         tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._playout())]
         try:
             await self._media_loop()
@@ -567,6 +591,10 @@ class _Call:
                 return
             if due_ms >= self._max_duration_ms:
                 record.end_reason = "max_duration"
+                await self._hang_up()
+                return
+            if self._control is not None and self._control.hang_up.is_set():
+                record.end_reason = "ended_by_api"  # the call was ended through Twilio's REST API
                 await self._hang_up()
                 return
             now = self.now_ms()
@@ -810,7 +838,29 @@ async def place_call(
         return record
     if "xml" not in content_type:
         record.protocol_errors.append(f"webhook answered {content_type!r}, not XML")
-    if not parse_twiml(body, record) or record.stream_url is None:
+    return await run_twiml(
+        record, body, server_http_base=server_http_base, auth_token=auth_token, public_url=public_url, to=to,
+        from_=from_, script=script, ws_base=ws_base, stream_signature=stream_signature,
+        parameter_overrides=parameter_overrides, gaps=gaps, end_silence_ms=end_silence_ms,
+        end_timeout_ms=end_timeout_ms, max_duration_ms=max_duration_ms, playback_lag_ms=playback_lag_ms,
+        dial_outcome=dial_outcome, dial_duration_s=dial_duration_s,
+    )  # fmt: skip
+
+
+async def run_twiml(
+    record: CallRecord, twiml: str, *, server_http_base: str, auth_token: str, public_url: str, to: str,
+    from_: str, script: Sequence[Step] = (), direction: str = "inbound", ws_base: str | None = None,
+    stream_signature: Signature = "valid", parameter_overrides: Mapping[str, str | None] | None = None,
+    gaps: Sequence[tuple[int, int]] = (), end_silence_ms: int = 1500, end_timeout_ms: int = 10_000,
+    max_duration_ms: int = 60_000, playback_lag_ms: float = 0.0, dial_outcome: DialOutcome | None = None,
+    dial_duration_s: int = 42, control: StreamControl | None = None,
+) -> CallRecord:  # fmt: skip
+    """Run a call's TwiML as Twilio does once the call is up: its ``<Connect><Stream>`` with the caller's
+    ``script``, then the ``<Connect action>`` (see :func:`place_call`). ``public_url`` is the URL the TwiML
+    came from (relative action URLs resolve against it); an outbound call's TwiML came inline, with
+    ``direction`` ``outbound-api``. ``control`` lets the caller follow the stream clock and end it."""
+    record.twiml = twiml
+    if not parse_twiml(twiml, record) or record.stream_url is None:
         record.end_reason = "no_stream"
         return record
     for name, value in (parameter_overrides or {}).items():
@@ -833,14 +883,15 @@ async def place_call(
     if not steps or not isinstance(steps[-1], HangUp):
         steps.append(HangUp(AfterAgentSilent(end_silence_ms, timeout_ms=end_timeout_ms)))
     call = _Call(
-        ws, record, steps, gaps=gaps, max_duration_ms=max_duration_ms, playback_lag_ms=playback_lag_ms
-    )
+        ws, record, steps, gaps=gaps, max_duration_ms=max_duration_ms, playback_lag_ms=playback_lag_ms,
+        control=control,
+    )  # fmt: skip
     await call.run()
     logger.debug("= call %s ended: %s", record.call_sid, record.end_reason)
     if record.connect_action is not None:
         record.runs_after_connect = False  # Twilio requests the action instead of the verbs after </Connect>
         await _follow_actions(
             record, server_http_base=server_http_base, auth_token=auth_token, webhook_url=public_url, to=to,
-            from_=from_, dial_outcome=dial_outcome, dial_duration_s=dial_duration_s,
+            from_=from_, dial_outcome=dial_outcome, dial_duration_s=dial_duration_s, direction=direction,
         )  # fmt: skip
     return record

@@ -86,7 +86,6 @@ class Conversation:
         self.order: list[str] = []
         self.user_turns = 0
         self.has_assistant_audio = False
-        self.tokens_remaining = RATE_LIMIT_TOKENS
         self._last_input_tokens = 0
 
     @property
@@ -216,10 +215,6 @@ class Conversation:
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }  # fmt: skip
 
-    def charge(self, tokens: int) -> int:
-        """Spend ``tokens`` of the rate-limit budget; return what remains."""
-        self.tokens_remaining = max(self.tokens_remaining - tokens, 0)
-        return self.tokens_remaining
 
 
 def transcription_usage(item: Item) -> Json:

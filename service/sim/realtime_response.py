@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Literal
 
 from websockets.exceptions import ConnectionClosed
 
-from service.sim.realtime_conversation import RATE_LIMIT_TOKENS, Item
+from service.sim.realtime_conversation import Item
 from service.sim.realtime_schema import Json
 
 if TYPE_CHECKING:
@@ -381,7 +381,7 @@ class ActiveResponse:
         usage = conversation.response_usage(instructions, self._added, self._sent_bytes / self._bytes_per_ms)
         self.finished = True
         await self._send({"type": "response.done", "response": self.as_json(usage)})
-        remaining = conversation.charge(int(usage["total_tokens"]))
-        limits = [{"name": "tokens", "limit": RATE_LIMIT_TOKENS, "remaining": remaining,
-                   "reset_seconds": 0.001}]  # fmt: skip
+        remaining, reset_s = self._conn.sim.charge(int(usage["total_tokens"]))
+        limits = [{"name": "tokens", "limit": self._conn.sim.tokens_per_minute, "remaining": remaining,
+                   "reset_seconds": reset_s}]  # fmt: skip
         await self._send({"type": "rate_limits.updated", "rate_limits": limits})

@@ -232,6 +232,7 @@ class RealtimeSimulator:
         seed: int | None = None,
         session_limit_s: float = float(SESSION_LIFETIME_S),
         mcp_list_failures: frozenset[str] = frozenset(),
+        tokens_per_minute: int = RATE_LIMIT_TOKENS,
     ) -> None:
         self.script = script if script is not None else ReplyScript.default()
         self.api_key = api_key
@@ -243,6 +244,11 @@ class RealtimeSimulator:
         self.reject_in_handshake = reject_in_handshake
         self.session_limit_s = session_limit_s
         self.mcp_list_failures = mcp_list_failures
+        self.tokens_per_minute = tokens_per_minute
+        """The account's token budget, shared by every session and refilled each minute (as OpenAI's
+        rate limits are): ``rate_limits.updated`` reports what is left and when it refills."""
+        self._window_start = time.monotonic()
+        self._spent = 0
         self.rng = random.Random(seed)
         self.connections: list[SimConnection] = []
         self.attempts: list[float] = []
@@ -256,6 +262,15 @@ class RealtimeSimulator:
     @property
     def url(self) -> str:
         return f"ws://{self._host}:{self._port}{PATHS[0]}"
+
+    def charge(self, tokens: int) -> tuple[int, float]:
+        """Spend ``tokens`` of the account's budget: (tokens remaining, seconds until it refills)."""
+        now = time.monotonic()
+        if now - self._window_start >= 60.0:
+            self._window_start, self._spent = now, 0
+        self._spent += tokens
+        remaining = max(self.tokens_per_minute - self._spent, 0)
+        return remaining, round(60.0 - (now - self._window_start), 3)
 
     def new_id(self, prefix: str) -> str:
         return prefix + "".join(self.rng.choices(string.ascii_letters + string.digits, k=21))

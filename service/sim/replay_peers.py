@@ -5,6 +5,13 @@ the Quart route, the bridge, both websockets) with the same golden: a Twilio cli
 send the recording's inbound messages at their recorded offsets, in the recorded order, and what the
 service sends on each socket is compared with the recording.
 
+The agent's HTTP tools are played by :class:`ReplayToolServer` (the service's agents file must point
+the tools at it): each request the service makes is compared with the recorded tool call (tool,
+arguments, the model's ``call_id``) and held until the recording's result line, then answered so that
+the service's tool client makes the recorded result of it (the recorded body for ``ok``, the status
+for ``http_<status>``, a page for ``not_json``, an oversized body for ``too_large``; nothing for
+``timeout``: the service gives up by itself). ``refused`` and ``error`` cannot be replayed.
+
 Two things differ from the recorded call by necessity and are handled here:
 
 - the stream token is single-use and expires, so the signed voice webhook is posted again for the
@@ -21,14 +28,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
-from service.replay import Recording, ReplayResult, compare
+from service.replay import Recording, ReplayResult, compare, tool_text
 from service.sim.stack import MEDIA_PATH, inbound_call_form, post_voice_webhook, stream_signature
+from service.sim.tools import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 
 FRAME_MS = 20
 STEP_TIMEOUT_S = 5.0
@@ -87,6 +99,101 @@ class ReplayRealtimeServer:
         await self._done.wait()  # the driver owns the socket until the server stops
 
 
+@dataclass(slots=True)
+class _HeldRequest:
+    body: dict[str, Any]
+    answer: asyncio.Future[web.Response | None] = field(default_factory=asyncio.Future)
+
+
+class ReplayToolServer:
+    """The agent's HTTP tools during a replay, on 127.0.0.1: each (signed) request is held until the
+    driver answers it with a recorded result (:meth:`answer`). ``problems`` lists the requests it
+    refused (a bad signature, a body that is not a tool call)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.problems: list[str] = []
+        self._received: asyncio.Queue[_HeldRequest] = asyncio.Queue()
+        self._held: dict[str, _HeldRequest] = {}
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        for held in self._held.values():
+            if not held.answer.done():
+                held.answer.set_result(None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> ReplayToolServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def next_request(self) -> dict[str, Any]:
+        """The body of the next request the service made (as JSON)."""
+        return (await self._received.get()).body
+
+    def answer(self, call_id: str, outcome: str, output: str) -> None:
+        """Answer the request of ``call_id`` so that the service's tool client makes ``(output, outcome)``
+        of it (for ``timeout``, never: the client gives up by itself, and the request is dropped when
+        the server stops)."""
+        held = self._held.get(call_id)
+        if held is None or held.answer.done() or outcome == "timeout":
+            return
+        held.answer.set_result(_reproduce(outcome, output))
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        if not verify_signature(self.secret, timestamp, raw, signature, time.time()):
+            self.problems.append(f"{request.path}: bad signature")
+            return web.json_response({"error": "bad signature"}, status=401)
+        try:
+            body = json.loads(raw)
+            call_id = str(body["call_id"])
+        except (ValueError, KeyError, TypeError):
+            self.problems.append(f"{request.path}: not a tool call")
+            return web.json_response({"error": "not a tool call"}, status=400)
+        held = self._held[call_id] = _HeldRequest(body)
+        self._received.put_nowait(held)
+        response = await held.answer
+        if response is None:  # never answered (a timeout): the replay is over, drop the connection
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)  # never sent
+        return response
+
+
+def _reproduce(outcome: str, output: str) -> web.Response:
+    """A response that the tool client turns into ``(output, outcome)``."""
+    if outcome == "ok":
+        return web.Response(text=output, content_type="application/json")
+    if outcome.startswith("http_") and outcome[5:].isdigit():
+        return web.json_response({"error": "replayed failure"}, status=int(outcome[5:]))
+    if outcome == "not_json":
+        return web.Response(text="<html><body>replayed</body></html>", content_type="text/html")
+    if outcome == "too_large":
+        return web.json_response({"padding": "x" * (64 * 1024)})
+    raise ValueError(f"a tool outcome that cannot be replayed: {outcome}")
+
+
 def service_env(recording: Recording) -> dict[str, str]:
     """Settings that give the service under replay the recorded call's policies."""
     config = recording.config
@@ -132,9 +239,11 @@ async def replay_over_sockets(
     http_base: str,
     auth_token: str,
     public_base_url: str,
+    tools: ReplayToolServer | None = None,
 ) -> ReplayResult:
-    """Drive a running service (reachable at ``http_base``, using ``realtime_server`` as its model) with
-    the recording's inbound messages; return what it sent, compared with the recording."""
+    """Drive a running service (reachable at ``http_base``, using ``realtime_server`` as its model and
+    ``tools`` as its agent's HTTP tools) with the recording's inbound messages; return what it sent,
+    compared with the recording."""
     start_text = next(
         e.msg for e in recording.entries if e.peer == "twilio" and e.direction == "in" and '"start"' in e.msg
     )
@@ -186,6 +295,13 @@ async def replay_over_sockets(
                             await models[entry.link].close(int(code), "replayed close")
                         if index < last_open:  # the service reconnects: wait until it has seen the loss
                             await asyncio.wait_for(realtime_server.next_attempt(seen), STEP_TIMEOUT_S)
+                    case ("tool", "out", _) if tools is not None:
+                        body = await asyncio.wait_for(tools.next_request(), STEP_TIMEOUT_S)
+                        arguments: dict[str, Any] = body.get("arguments", {})
+                        sent.append(("tool", tool_text(str(body["call_id"]), str(body["tool"]), arguments)))
+                    case ("tool", "in", _) if tools is not None:
+                        line = entry.line
+                        tools.answer(str(line["call_id"]), str(line["outcome"]), str(line["output"]))
                     case ("twilio", "event", "closed"):
                         await caller.close()
                     case _:

@@ -7,6 +7,10 @@ Used by ``make demo`` and by the end-to-end tests. Everything listens on 127.0.0
         record = await place_call(stack.http_base, auth_token=stack.auth_token,
                                   public_base_url=stack.public_base_url, script=[...])
 
+Agents with HTTP tools (``fixtures/agents_tools.toml``) need a tool server and its URL: run a
+:class:`service.sim.tools.ToolServer` and pass ``agents_file=agents_with_tools(tools.base_url, path)``
+(the stack sets ``TOOLS_SIGNING_SECRET`` to :data:`TOOLS_SECRET`, the tool server's secret).
+
 A test that drives the media stream by hand, message by message, uses the Twilio side's pieces here
 instead (:func:`post_voice_webhook`, :func:`stream_signature`, :func:`start_message`, or the
 :class:`LocalStack` methods that wrap them)::
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import tempfile
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -43,6 +49,10 @@ API_KEY = "sk-sim-test-key"
 PUBLIC_BASE_URL = "https://dialtone.local.test"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 DEFAULT_AGENTS_FILE = FIXTURES / "agents.toml"
+TOOLS_AGENTS_FILE = FIXTURES / "agents_tools.toml"
+TOOLS_BASE_AS_WRITTEN = "http://127.0.0.1:8790"
+"""The tool server's base URL in ``agents_tools.toml`` (the standalone tool server's default port)."""
+TOOLS_SECRET = "local-tools-signing-secret"
 ACCOUNT_SID = "AC" + "1" * 32
 CALLER_NUMBER = "+15557654321"
 VOICE_PATH = "/twilio/voice"
@@ -63,6 +73,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def agents_with_tools(tools_base_url: str, path: Path) -> Path:
+    """Write ``agents.toml`` followed by ``agents_tools.toml`` to ``path``, the tools' URLs pointing at
+    the tool server at ``tools_base_url`` (``http://127.0.0.1:<port>``); return ``path``."""
+    tools = TOOLS_AGENTS_FILE.read_text(encoding="utf-8").replace(TOOLS_BASE_AS_WRITTEN, tools_base_url)
+    path.write_text(DEFAULT_AGENTS_FILE.read_text(encoding="utf-8") + "\n" + tools, encoding="utf-8")
+    return path
 
 
 def inbound_call_form(
@@ -147,6 +165,9 @@ class LocalStack:
         self.settings: Settings | None = None
         self.app: Quart | None = None
         self.service: Service | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="dialtone-stack-"))
+        self.database_url = f"sqlite:///{self._dir / 'dialtone.db'}"
+        """Where the service keeps its records (a file of its own, unless ``env`` says otherwise)."""
 
     @property
     def http_base(self) -> str:
@@ -165,18 +186,22 @@ class LocalStack:
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
             "AGENTS_FILE": str(self.agents_file),
+            "TOOLS_SIGNING_SECRET": TOOLS_SECRET,
+            "DATABASE_URL": self.database_url,
             **self._env,
         }
+        self.database_url = env["DATABASE_URL"]
         self.settings = Settings.from_env(env)
         self.app = create_app(self.settings, agents=AgentStore(self.settings.agents_file))
         self.service = Service(self.app, host="127.0.0.1", port=0)
         await self.service.start()
         self.port = self.service.port
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout_s: float = 0.0) -> None:
         if self.service is not None:
-            await self.service.stop()
+            await self.service.stop(drain_timeout_s=drain_timeout_s)
         await self.model_peer.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     async def __aenter__(self) -> LocalStack:
         await self.start()

@@ -26,7 +26,8 @@ Routes (POST; the ``arguments`` are the tool's):
   "available": ["18:00", …]}`` (fewer times for bigger parties, none above 8, booked ones removed).
 - ``/book`` ``{date, time, party_size, name?}`` -> ``{"booked": true, "booking_id": "BK-1001", …}``,
   or ``{"booked": false, "reason": …, "available": […]}`` when the time is not free.
-- ``/echo`` -> ``{"tool", "arguments"}``.
+- ``/echo`` (and any path under ``/echo/``, so that each can be given its own behaviour) ->
+  ``{"arguments"}``.
 
 Invalid arguments get 422 ``{"error": …}``; an unknown path 404. Per path, a test can make the
 server misbehave (:class:`Behaviour`): answer late (``delay_ms``), fail with a status, answer a body
@@ -143,6 +144,7 @@ class ToolRequest:
     arguments_as_string: bool = False  # ``arguments`` came as a JSON string
     response: bytes = field(default=b"", repr=False)
     done: bool = False  # answered, or dropped
+    client_gone: bool = False  # the client closed the connection before the (delayed) answer was due
 
     def header(self, name: str) -> str | None:
         """A request header, whatever the case of its name."""
@@ -272,11 +274,14 @@ class ToolServer:
         if problem is not None:
             return self._refuse(record, "bad_body", 400, problem)
         route = self._routes.get(record.path)
+        if route is None and record.path.startswith("/echo/"):
+            route = self._routes["/echo"]
         if route is None:
             return self._refuse(record, "not_found", 404, f"no tool at {record.path}")
         behaviour = self.behaviours.get(record.path, Behaviour())
         if behaviour.delay_ms:
             await asyncio.sleep(behaviour.delay_ms / 1000)
+            record.client_gone = request.transport is None or request.transport.is_closing()
         if behaviour.close:
             if request.transport is not None:
                 request.transport.close()

@@ -7,6 +7,7 @@ for the CallSid (:func:`decision_of`) *before* it closes the stream, and Twilio 
     decision                      TwiML answered to POST /twilio/action
     {"action": "hangup"}          <Hangup/>
     {"action": "apology"}         <Say>Sorry, the assistant is unavailable...</Say><Hangup/>
+    {"action": "shutdown"}        <Say>Sorry, this line has to close now...</Say><Hangup/>
     {"action": "dial", ...}       <Dial action="/twilio/dial-done?..." timeout callerId?>
                                      <Number url="/twilio/whisper?...">+1...</Number> | <Sip>...</Sip>
                                   </Dial>
@@ -35,9 +36,11 @@ from twilio.twiml.voice_response import Dial, VoiceResponse
 from service.core.agent import Agent, Transfer
 from service.core.commands import Action, EndCall, Hangup
 from service.core.commands import Dial as DialAction
+from service.core.summary import SHUTDOWN_REASON
 
 APOLOGY = "Sorry, the assistant is unavailable right now. Goodbye."
 NOBODY_ANSWERED = "Sorry, nobody could take your call right now. Goodbye."
+SHUTTING_DOWN = "Sorry, this line has to close now. Please call again in a moment. Goodbye."
 DECISION_TTL_S = 600.0
 """How long a decision waits for Twilio's action request (it comes within a second of the stream's end)."""
 WHISPER_TTL_S = 600.0
@@ -46,19 +49,25 @@ MAX_SUMMARY_CHARS = 400
 """The whisper is said to a person about to take the call: a few sentences at most."""
 
 
-def decision_of(action: Action | None, end: EndCall | None, agent: Agent | None) -> dict[str, Any] | None:
-    """The decision to store for a call that ended (None: nothing to store: the call was never ours)."""
-    if agent is None:
-        return None  # the stream was not authorized: a CallSid we cannot vouch for
+def decision_of(
+    action: Action | None, end: EndCall | None, agent_key: str | None
+) -> dict[str, Any] | None:
+    """The decision to store for a call that ended (None: nothing to store). ``agent_key`` is None when
+    the stream's token was not genuine: a CallSid we cannot vouch for."""
+    if agent_key is None:
+        return None
     match action:
         case Hangup():
-            return {"action": "hangup", "agent": agent.key}
+            return {"action": "hangup", "agent": agent_key}
         case DialAction(transfer=transfer, summary=summary):
-            return {"action": "dial", "agent": agent.key, "transfer": transfer.name,
+            return {"action": "dial", "agent": agent_key, "transfer": transfer.name,
                     "summary": summary[:MAX_SUMMARY_CHARS]}  # fmt: skip
         case None:
-            caller_left = end is not None and end.reason in ("caller hung up", "twilio socket closed")
-            return None if caller_left else {"action": "apology", "agent": agent.key}
+            reason = end.reason if end is not None else None
+            if reason in ("caller hung up", "twilio socket closed"):
+                return None  # nobody is left to tell anything
+            kind = "shutdown" if reason == SHUTDOWN_REASON else "apology"
+            return {"action": kind, "agent": agent_key}
 
 
 class Decisions:
@@ -111,8 +120,8 @@ def action_twiml(
     if decision is None or kind == "hangup":
         response.hangup()
         return str(response)
-    if kind == "apology":
-        response.say(APOLOGY)
+    if kind in ("apology", "shutdown"):
+        response.say(SHUTTING_DOWN if kind == "shutdown" else APOLOGY)
         response.hangup()
         return str(response)
     agent = agents(str(decision.get("agent", "")))

@@ -11,6 +11,7 @@ the same port, on a lean path (:mod:`service.web.media`), and relays everything 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,18 +34,18 @@ from service.config import (
 )
 from service.errors import ConfigError
 from service.logs import bind_call, configure_logging
+from service.runtime.metrics import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
+from service.web import calls_api
 from service.web.after_stream import (
     APOLOGY,
-    WHISPER_TTL_S,
-    Decisions,
     Urls,
     action_twiml,
     dial_done_twiml,
     whisper_twiml,
 )
+from service.web.operations import Operations
 from service.web.security import (
     SIGNATURE_HEADER,
-    SeenTokens,
     mint_stream_token,
     validate_twilio_signature,
 )
@@ -54,6 +55,7 @@ __all__ = ["APOLOGY", "NOT_IN_SERVICE", "AppState", "build_stream_twiml", "creat
 logger = logging.getLogger(__name__)
 
 NOT_IN_SERVICE = "Sorry, this number is not in service. Goodbye."
+BUSY = "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
 MAX_BODY_BYTES = 64 * 1024  # a voice webhook form is 1-3 KB, SIP headers included
 MAX_PARAMETER_CHARS = 500  # <Parameter> name + value must be under this (twilio.md §2)
 _STATE_KEY = "dialtone"
@@ -66,10 +68,9 @@ class AppState:
 
     settings: Settings
     agents: AgentStore
-    seen_tokens: SeenTokens
     clock: Callable[[], float]  # wall clock in epoch seconds: stream tokens carry absolute expiries
-    decisions: Decisions
-    """What each call's ``<Connect action>`` is to answer (the bridge stores, the action route takes)."""
+    ops: Operations
+    """Admission, records, metrics, decisions, stream-token register: this process's operations."""
 
 
 def state_of(app: Quart) -> AppState:
@@ -92,11 +93,10 @@ def create_app(
     if agents is None:
         agents = AgentStore(settings.agents_file)
     book = agents.book
-    if settings.tools_signing_secret is None and any(
-        agent.tools for agent in (book.default, *book.numbers.values()) if agent is not None
-    ):
+    everyone = [agent for agent in (book.default, *book.numbers.values()) if agent is not None]
+    if settings.tools_signing_secret is None and any(a.tools or a.post_call_webhook for a in everyone):
         raise ConfigError(
-            ["TOOLS_SIGNING_SECRET: required when an agent has tools (it signs every tool request)"],
+            ["TOOLS_SIGNING_SECRET: required when an agent has tools or a post_call_webhook (it signs them)"],
             source="settings",
         )
     if settings.openai_realtime_model in DEPRECATED_MODELS:
@@ -104,14 +104,23 @@ def create_app(
 
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    state = AppState(
-        settings=settings, agents=agents, seen_tokens=SeenTokens(), clock=clock, decisions=Decisions()
-    )
+    state = AppState(settings=settings, agents=agents, clock=clock, ops=Operations(settings))
     app.extensions[_STATE_KEY] = state
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Ready for new calls: not draining, below capacity, token budget left, records not backed up."""
+        problems = state.ops.ready()
+        body = json.dumps({"ready": not problems, "problems": problems})
+        return Response(body, status=503 if problems else 200, mimetype="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.ops.metrics.exposition(), status=200, content_type=METRICS_CONTENT_TYPE)
 
     @app.post(VOICE_PATH)
     async def voice() -> Response:
@@ -129,6 +138,7 @@ def create_app(
     async def whisper() -> Response:
         return await _whisper(state)
 
+    calls_api.register(app, state)  # POST /calls, GET /calls/<sid>, status and AMD callbacks, fallback
     return app
 
 
@@ -166,18 +176,34 @@ async def _voice_webhook(state: AppState) -> Response:
         return _text("Bad Request: CallSid and To are required\n", 400)
 
     with bind_call(call_sid):
-        agent = state.agents.for_number(to)
+        key = request.args.get("agent")  # a number pointed at an agent (python -m service numbers point)
+        agent = state.agents.by_key(key) if key else state.agents.for_number(to)
         if agent is None:
             logger.warning("no agent for the called number and no [default]; hanging up")
             response = VoiceResponse()
             response.say(NOT_IN_SERVICE)
             response.hangup()
             return _twiml(str(response))
+        refusal = await state.ops.admit(call_sid)
+        if refusal is not None:
+            logger.warning("call refused: %s", refusal)
+            return _twiml(busy_twiml(settings.busy_response))
         token = mint_stream_token(
             settings.stream_token_secret, call_sid, agent.key, state.clock(), settings.stream_token_ttl_s
         )
         logger.info("voice webhook: agent %s, starting media stream", agent.key)
         return _twiml(build_stream_twiml(settings, agent, token, caller=form.get("From", ""), called=to))
+
+
+def busy_twiml(mode: str) -> str:
+    """The answer to a call that cannot be taken now: a polite message and a hang-up, or a busy signal."""
+    response = VoiceResponse()
+    if mode == "reject":
+        response.reject(reason="busy")
+    else:
+        response.say(BUSY)
+        response.hangup()
+    return str(response)
 
 
 def _urls(settings: Settings) -> Urls:
@@ -191,7 +217,7 @@ async def _action(state: AppState) -> Response:
         return form
     call_sid = form["CallSid"]
     with bind_call(call_sid):
-        decision = state.decisions.take(call_sid)
+        decision = await state.ops.take_decision(call_sid)
         if form.get("CallStatus") == "completed":
             logger.info("stream action: the caller has hung up")
             return _twiml(str(VoiceResponse()))
@@ -200,8 +226,7 @@ async def _action(state: AppState) -> Response:
         else:
             logger.info("stream action: %s", decision.get("action"))
             if decision.get("action") == "dial":
-                whisper = {"summary": decision.get("summary", "")}
-                state.decisions.put(f"whisper:{call_sid}", whisper, WHISPER_TTL_S)
+                state.ops.put_decision(f"whisper:{call_sid}", {"summary": decision.get("summary", "")})
         return _twiml(action_twiml(decision, state.agents.by_key, _urls(state.settings)))
 
 
@@ -238,7 +263,7 @@ async def _whisper(state: AppState) -> Response:
         return form
     agent = state.agents.by_key(request.args.get("agent", ""))
     transfer = agent.transfer(request.args.get("transfer", "")) if agent is not None else None
-    stored = state.decisions.get(f"whisper:{form.get('ParentCallSid', '')}")
+    stored = await state.ops.take_decision(f"whisper:{form.get('ParentCallSid', '')}")
     summary = str(stored.get("summary", "")) if stored is not None else None
     return _twiml(whisper_twiml(transfer, summary))
 
@@ -274,7 +299,7 @@ def _text(body: str, status: int) -> Response:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    secrets = [settings.openai_api_key, settings.twilio_auth_token]
+    secrets = [settings.openai_api_key, settings.twilio_auth_token, settings.dialtone_api_key or ""]
     with contextlib.suppress(UnicodeDecodeError):  # a derived (binary) secret cannot appear in text
         secrets.append(settings.stream_token_secret.decode("utf-8"))
     return secrets

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from websockets.http11 import Request
@@ -27,14 +28,15 @@ from service.core.audio import Transcoder
 from service.core.call import Call
 from service.core.commands import CallTool, EndCall
 from service.core.inputs import StartAuthorized, StartRejected, ToolResult
+from service.core.placeholders import from_parameters, token_subject
+from service.outbound import agent_for_stream, is_bound, outbound_subject
 from service.runtime.bridge import Authorizer, Bridge, TextSocket
 from service.runtime.model import open_model
 from service.runtime.recorder import Recorder
 from service.runtime.tools import ToolRunner
 from service.runtime.wsock import OnClose, OnMessage, WebSocket
-from service.web.after_stream import decision_of
-from service.web.security import TokenCheck, check_stream_upgrade
-from service.wire import twilio
+from service.web.security import TokenCheck, check_stream_token, check_stream_upgrade, token_expiry_s
+from service.wire import realtime, twilio
 
 if TYPE_CHECKING:
     from service.web.app import AppState
@@ -46,22 +48,48 @@ MAX_TWILIO_MESSAGE_BYTES = 1024 * 1024
 
 
 def authorizer(state: AppState) -> Authorizer:
-    """The ``start`` check: token bound to CallSid and agent, single use; the agent must still exist."""
+    """The ``start`` check: token bound to CallSid and agent, unexpired, single use (across the
+    workers: the claim goes through the database); the agent must still exist.
 
-    def authorize(start: twilio.Start) -> StartAuthorized | StartRejected:
+    An outbound call's token is bound to its nonce instead, and to its variables; one placed through
+    the API must also carry the CallSid Twilio returned for it (:mod:`service.outbound`). The agent is
+    then filled with the call's variables and offered the ``voicemail`` tool.
+    """
+
+    def authorize(start: twilio.Start) -> StartRejected | Awaitable[StartAuthorized | StartRejected]:
         params = start.custom_parameters
-        key, token = params.get("agent", ""), params.get("token", "")
+        key, token, nonce = params.get("agent", ""), params.get("token", ""), params.get("nonce", "")
         if not token:
             return StartRejected("no stream token")
-        verdict = state.seen_tokens.admit(
-            state.settings.stream_token_secret, token, start.call_sid, key, state.clock()
-        )
+        subject = outbound_subject(nonce) if nonce else start.call_sid
+        values = from_parameters(params)
+        now_s = state.clock()
+        secret = state.settings.stream_token_secret
+        verdict = check_stream_token(secret, token, subject, token_subject(key, values), now_s)
         if verdict is not TokenCheck.OK:
             return StartRejected(f"stream token {verdict.value}")
+        return claim(start, key, subject, values, token_expiry_s(token) or 0, now_s)
+
+    async def claim(
+        start: twilio.Start, key: str, subject: str, values: dict[str, str], expiry_s: int, now_s: float
+    ) -> StartAuthorized | StartRejected:
+        if not await state.ops.claim_token(subject, expiry_s, now_s):
+            return StartRejected(f"stream token {TokenCheck.REUSED.value}")
+        outbound = subject != start.call_sid
+        if outbound and is_bound(subject):
+            placed = await state.ops.take_decision(subject)
+            if placed is None or placed.get("call_sid") != start.call_sid:
+                return StartRejected("outbound stream token not bound to this CallSid")
         agent = state.agents.by_key(key)
         if agent is None:
             return StartRejected(f"agent {key!r} no longer configured")
-        return StartAuthorized(agent)
+        filled = agent_for_stream(agent, values, outbound=outbound)
+        if isinstance(filled, str):
+            return StartRejected(filled)
+        state.ops.capacity.started(start.call_sid)
+        if outbound:
+            state.ops.capacity.started(subject)
+        return StartAuthorized(filled)
 
     return authorize
 
@@ -71,7 +99,7 @@ class MediaEndpoint:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.bridges: set[Bridge] = set()
+        self.bridges: set[Bridge] = state.ops.bridges
         secret = state.settings.tools_signing_secret
         self.tools = ToolRunner(secret) if secret is not None else None
 
@@ -81,11 +109,13 @@ class MediaEndpoint:
             return ToolResult(call.call_id, '{"error": "the tool is not available"}', "error", 0)
         return await self.tools.run(call)
 
-    def call_ended(self, call: Call, end: EndCall | None) -> None:
-        """Remember what the call's ``<Connect action>`` is to answer (before its stream closes)."""
-        decision = decision_of(end.action if end is not None else None, end, call.agent)
-        if decision is not None and call.call_sid is not None:
-            self.state.decisions.put(call.call_sid, decision)
+    def call_ended(self, call: Call, end: EndCall | None, token_genuine: bool) -> None:
+        """What the call's ``<Connect action>`` is to answer (before its stream closes), its record,
+        metrics and webhook."""
+        self.state.ops.call_ended(call, end, token_genuine, time.time(), time.monotonic())
+
+    def rate_limits(self, limits: realtime.RateLimits) -> None:
+        self.state.ops.capacity.rate_limits(limits.tokens_remaining, limits.reset_s, time.monotonic())
 
     async def close(self) -> None:
         if self.tools is not None:
@@ -123,6 +153,7 @@ class MediaEndpoint:
             log_payloads=settings.log_payloads,
             run_tool=self.run_tool,
             on_end=self.call_ended,
+            on_rate_limits=self.rate_limits,
         )
 
 

@@ -197,6 +197,18 @@ class Error:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimits:
+    """``rate_limits.updated`` (at each response's start and end): the account's token budget, now.
+
+    ``tokens_remaining`` / ``tokens_limit`` / ``reset_s`` are those of the ``tokens`` limit (None if the
+    event has none)."""
+
+    tokens_remaining: int | None
+    tokens_limit: int | None
+    reset_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A well-formed event the bridge does not act on."""
 
@@ -226,6 +238,7 @@ Event: TypeAlias = (
     | McpEvent
     | ResponseDone
     | Error
+    | RateLimits
     | Unknown
     | Invalid
 )
@@ -524,6 +537,8 @@ def _decode(kind: str, msg: Mapping[str, Any]) -> Event:
             return McpEvent(kind, fields.maybe_text(msg, "item_id"), kind.endswith(".failed"))
         case "error":
             return _error(msg)
+        case "rate_limits.updated":
+            return _rate_limits(msg)
         case _:
             return Unknown(kind[:80])
 
@@ -572,3 +587,18 @@ def session_config(
             "output": {"format": {"type": "audio/pcm", "rate": 24_000}, "voice": voice},
         },
     }
+
+
+def _rate_limits(msg: Mapping[str, Any]) -> RateLimits:
+    limits = msg.get("rate_limits")
+    if not isinstance(limits, list):
+        raise fields.FieldError("rate_limits.updated: rate_limits is not a list")
+    for limit in limits:
+        if isinstance(limit, dict) and limit.get("name") == "tokens":
+            remaining, total, reset = limit.get("remaining"), limit.get("limit"), limit.get("reset_seconds")
+            return RateLimits(
+                remaining if isinstance(remaining, int) else None,
+                total if isinstance(total, int) else None,
+                float(reset) if isinstance(reset, int | float) else None,
+            )
+    return RateLimits(None, None, None)
