@@ -30,8 +30,12 @@ def rewrite(path: Path, text: str) -> None:
 def test_example_file_is_valid() -> None:
     book = parse_agents(EXAMPLE.read_text(encoding="utf-8"), str(EXAMPLE))
     assert book.default is not None and book.default.key == "default"
-    assert set(book.numbers) == {"+15551230001", "+15551230002"}
-    assert len(book) == 3
+    assert set(book.numbers) == {"+15551230001", "+15551230002", "+15551230003"}
+    assert len(book) == 4
+    booking = book.numbers["+15551230001"]
+    assert booking.call_control == frozenset({"end_call"}) and booking.transfers[0].name == "manager"
+    reminder = book.numbers["+15551230003"]
+    assert reminder.max_call_s == 300 and "{{customer}}" in (reminder.voicemail_message or "")
 
 
 def test_numbers_inherit_unset_keys_from_default() -> None:

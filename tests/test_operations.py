@@ -96,7 +96,7 @@ async def test_a_call_is_recorded_counted_in_the_metrics_and_priced(tmp_path: Pa
         status, metrics = await get(stack, "/metrics")
     assert status == 200
     lines = metrics.splitlines()
-    assert 'dialtone_calls_total{end_kind="caller_hangup"} 1.0' in lines
+    assert 'dialtone_calls_total{end_reason="caller_hangup"} 1.0' in lines
     assert "dialtone_active_calls 0.0" in lines
     assert "dialtone_first_audio_seconds_count 2.0" in lines  # the greeting and the answer
     cost_lines = [line for line in lines if line.startswith("dialtone_cost_usd_total{")]

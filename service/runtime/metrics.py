@@ -6,7 +6,9 @@ metric. The live-call gauge is read when scraped, and the event loop's lag is sa
 pod or container is the shape the manifests use; see the README).
 
     dialtone_active_calls                      gauge: calls live in this process
-    dialtone_calls_total{end_kind}             caller_hangup, agent_hangup, transfer, model_failure...
+    dialtone_calls_total{end_reason}           the kind of end: caller_hangup, agent_hangup, transfer,
+                                               model_failure... (a closed set; the full reason is in the
+                                               record, it would make a label without bound)
     dialtone_calls_refused_total{reason}       busy, draining, rate_limited
     dialtone_first_audio_seconds               histogram: end of the caller's turn to the agent's first audio
     dialtone_barge_ins_total
@@ -51,7 +53,7 @@ class Metrics:
         queued = Gauge("dialtone_records_queued", "Call records waiting for the database.", registry=registry)
         queued.set_function(lambda: float(records_queued()))
         self.calls = Counter(
-            "dialtone_calls", "Calls ended, by kind of end.", ["end_kind"], registry=registry
+            "dialtone_calls", "Calls ended, by kind of end.", ["end_reason"], registry=registry
         )
         for kind in sorted(END_KINDS):
             self.calls.labels(kind)

@@ -8,8 +8,11 @@ The signing scheme (what an agent's HTTP tool receives)::
     X-Dialtone-Timestamp: 1767225600                 (unix seconds, a decimal string)
     X-Dialtone-Signature: <hex HMAC-SHA256(secret, timestamp + "." + raw body)>
 
-    {"call_sid": "CA…", "agent": "…", "from": "+1…", "to": "+1…", "tool": "check_availability",
-     "arguments": {"date": "2026-12-24", "party_size": 4}}
+    {"call_sid": "CA…", "call_id": "call_…", "agent": "…", "from": "+1…", "to": "+1…",
+     "tool": "check_availability", "arguments": {"date": "2026-12-24", "party_size": 4}}
+
+``call_id`` is the model's id of this function call: the same on a retry, so a tool that changes
+something (a booking) can use it as an idempotency key.
 
 :func:`verify_signature` is the check a tool server should make; it is written to be copied as is (it
 needs only the standard library). The server here refuses, before reading the body as JSON: a request
