@@ -11,8 +11,8 @@ The signing scheme (what an agent's HTTP tool receives)::
     {"call_sid": "CA…", "call_id": "call_…", "agent": "…", "from": "+1…", "to": "+1…",
      "tool": "check_availability", "arguments": {"date": "2026-12-24", "party_size": 4}}
 
-``call_id`` is the model's id of this function call: the same on a retry, so a tool that changes
-something (a booking) can use it as an idempotency key.
+``call_id`` is the model's id of this function call, unique per call: a tool that changes something (a
+booking) can use it to recognise a request it has already handled.
 
 :func:`verify_signature` is the check a tool server should make; it is written to be copied as is (it
 needs only the standard library). The server here refuses, before reading the body as JSON: a request
