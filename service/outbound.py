@@ -35,15 +35,12 @@ from requests import RequestException
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
-from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from service.agents import DEFAULT_KEY, AgentBook
 from service.config import (
-    ACTION_PATH,
     AMD_PATH,
     DEFAULT_TWILIO_API_BASE_URL,
     FALLBACK_PATH,
-    MEDIA_PATH,
     STATUS_PATH,
     VOICE_PATH,
     Settings,
@@ -51,8 +48,8 @@ from service.config import (
 from service.core.agent import Agent
 from service.core.placeholders import check, fill_agent, placeholders_of, to_parameters, token_subject
 from service.errors import ServiceError
-from service.web.after_stream import APOLOGY
 from service.web.security import mint_stream_token
+from service.web.twilio_requests import stream_twiml
 
 __all__ = [
     "OUTBOUND_DIRECTION",
@@ -210,27 +207,13 @@ def prepare(
     token = mint_stream_token(settings.stream_token_secret, outbound_subject(nonce), subject, now_s, ttl_s)
     parameters = {"agent": agent.key, "token": token, "nonce": nonce, "from": from_, "to": request.to,
                   "direction": OUTBOUND_DIRECTION, **to_parameters(request.params)}  # fmt: skip
-    twiml = _stream_twiml(settings, parameters)
+    twiml = stream_twiml(settings, parameters.items())
     if len(twiml) > MAX_INLINE_TWIML_CHARS:
         raise OutboundError(
             [f"params: the call's TwiML would be {len(twiml)} characters; Twilio takes at most "
              f"{MAX_INLINE_TWIML_CHARS} inline (shorten the values)"]
         )  # fmt: skip
     return Placement(request.to, from_, agent, nonce, twiml, request.amd)
-
-
-def _stream_twiml(settings: Settings, parameters: Mapping[str, str]) -> str:
-    """``<Connect action><Stream>`` with ``parameters``, then the apology and ``<Hangup/>`` (as inbound)."""
-    stream = Stream(url=settings.public_wss_url(MEDIA_PATH))
-    for name, value in parameters.items():
-        stream.parameter(name=name, value=value)
-    connect = Connect(action=settings.public_https_url(ACTION_PATH), method="POST")
-    connect.append(stream)
-    response = VoiceResponse()
-    response.append(connect)
-    response.say(APOLOGY)
-    response.hangup()
-    return str(response)
 
 
 # --- Twilio ------------------------------------------------------------------------------------------

@@ -18,15 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from quart import Quart, Response, request
-from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
-from werkzeug.datastructures import MultiDict
+from twilio.twiml.voice_response import VoiceResponse
 
 from service.agents import Agent, AgentStore
 from service.config import (
     ACTION_PATH,
     DEPRECATED_MODELS,
     DIAL_DONE_PATH,
-    MEDIA_PATH,
     VOICE_PATH,
     WHISPER_PATH,
     Settings,
@@ -45,10 +43,9 @@ from service.web.after_stream import (
 )
 from service.web.operations import Operations
 from service.web.security import (
-    SIGNATURE_HEADER,
     mint_stream_token,
-    validate_twilio_signature,
 )
+from service.web.twilio_requests import signed_form, stream_twiml
 
 __all__ = ["APOLOGY", "NOT_IN_SERVICE", "AppState", "build_stream_twiml", "create_app", "state_of"]
 
@@ -142,31 +139,9 @@ def create_app(
     return app
 
 
-async def _signed_form(state: AppState, path: str, what: str) -> MultiDict[str, str] | Response:
-    """The form of a request Twilio signed for ``path`` (with its query); else the 4xx to answer."""
-    settings = state.settings
-    form = await request.form
-    url = settings.public_https_url(path)
-    if request.query_string:
-        url += "?" + request.query_string.decode("latin-1")
-    signature = request.headers.get(SIGNATURE_HEADER)
-    if not validate_twilio_signature(settings.twilio_auth_token, url, form, signature):
-        logger.warning("%s rejected: %s X-Twilio-Signature", what, "invalid" if signature else "missing")
-        return _text("Forbidden\n", 403)
-    account_sid = form.get("AccountSid")
-    if settings.twilio_account_sid and account_sid and account_sid != settings.twilio_account_sid:
-        logger.warning("%s rejected: AccountSid is not TWILIO_ACCOUNT_SID", what)
-        return _text("Forbidden\n", 403)
-    call_sid = form.get("CallSid", "")
-    if not call_sid or len(call_sid) > 64 or not set(call_sid) <= _CALL_SID_CHARS:
-        logger.warning("%s rejected: CallSid missing or invalid", what)
-        return _text("Bad Request: CallSid is required\n", 400)
-    return form
-
-
 async def _voice_webhook(state: AppState) -> Response:
     settings = state.settings
-    form = await _signed_form(state, VOICE_PATH, "voice webhook")
+    form = await signed_form(state.settings, VOICE_PATH, "voice webhook")
     if isinstance(form, Response):
         return form
     call_sid = form.get("CallSid", "")
@@ -212,7 +187,7 @@ def _urls(settings: Settings) -> Urls:
 
 async def _action(state: AppState) -> Response:
     """``<Connect action>``: the stream has ended; what the call does next, as the bridge decided."""
-    form = await _signed_form(state, ACTION_PATH, "stream action")
+    form = await signed_form(state.settings, ACTION_PATH, "stream action")
     if isinstance(form, Response):
         return form
     call_sid = form["CallSid"]
@@ -232,7 +207,7 @@ async def _action(state: AppState) -> Response:
 
 async def _dial_done(state: AppState) -> Response:
     """A transfer's ``<Dial>`` is over: done if it was answered, else the transfer's fallback."""
-    form = await _signed_form(state, DIAL_DONE_PATH, "dial action")
+    form = await signed_form(state.settings, DIAL_DONE_PATH, "dial action")
     if isinstance(form, Response):
         return form
     call_sid = form["CallSid"]
@@ -258,7 +233,7 @@ async def _dial_done(state: AppState) -> Response:
 
 async def _whisper(state: AppState) -> Response:
     """Said to whoever answers a transfer: the configured whisper and the agent's summary."""
-    form = await _signed_form(state, WHISPER_PATH, "transfer whisper")
+    form = await signed_form(state.settings, WHISPER_PATH, "transfer whisper")
     if isinstance(form, Response):
         return form
     agent = state.agents.by_key(request.args.get("agent", ""))
@@ -269,25 +244,15 @@ async def _whisper(state: AppState) -> Response:
 
 
 def build_stream_twiml(settings: Settings, agent: Agent, token: str, *, caller: str, called: str) -> str:
-    """``<Connect action><Stream>`` with agent/token/from/to parameters, then an apology and ``<Hangup/>``.
-
-    When the stream ends Twilio asks ``action`` what to do (the agent's decision, or the apology); the
-    verbs after ``</Connect>`` are the same apology for a Twilio that would not (they run only when
-    there is no ``action``).
-    """
-    stream = Stream(url=settings.public_wss_url(MEDIA_PATH))
+    """An inbound call's stream TwiML: agent, token, from and to as ``<Parameter>``\\ s (one too long for
+    Twilio is left out, with a note: a SIP ``From`` can be)."""
+    parameters = []
     for name, value in (("agent", agent.key), ("token", token), ("from", caller), ("to", called)):
         if len(name) + len(value) < MAX_PARAMETER_CHARS:
-            stream.parameter(name=name, value=value)
+            parameters.append((name, value))
         else:
             logger.info("stream parameter %s left out: longer than Twilio allows", name)
-    connect = Connect(action=settings.public_https_url(ACTION_PATH), method="POST")
-    connect.append(stream)
-    response = VoiceResponse()
-    response.append(connect)
-    response.say(APOLOGY)
-    response.hangup()
-    return str(response)
+    return stream_twiml(settings, parameters)
 
 
 def _twiml(xml: str) -> Response:

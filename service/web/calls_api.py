@@ -52,7 +52,7 @@ from service.outbound import (
     twilio_client,
 )
 from service.web.after_stream import APOLOGY
-from service.web.security import SIGNATURE_HEADER, validate_twilio_signature
+from service.web.twilio_requests import signed_form
 from service.wire import realtime
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def register(app: Quart, state: AppState) -> None:
 
     @app.post(STATUS_PATH)
     async def status_callback() -> Response:
-        form = await _signed_form(state, STATUS_PATH, "status callback")
+        form = await signed_form(state.settings, STATUS_PATH, "status callback")
         if isinstance(form, Response):
             return form
         agent = request.args.get("agent")
@@ -223,7 +223,7 @@ def register(app: Quart, state: AppState) -> None:
 
     @app.post(AMD_PATH)
     async def amd_callback() -> Response:
-        form = await _signed_form(state, AMD_PATH, "answering-machine callback")
+        form = await signed_form(state.settings, AMD_PATH, "answering-machine callback")
         if isinstance(form, Response):
             return form
         call_sid = form["CallSid"]
@@ -302,27 +302,6 @@ def _check_key(settings: Settings) -> Response | None:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dialtone"'
         return response
     return None
-
-
-async def _signed_form(state: AppState, path: str, what: str) -> MultiDict[str, str] | Response:
-    """The form of a request Twilio signed for ``path`` (with its query); else the 4xx to answer."""
-    settings = state.settings
-    form = await request.form
-    url = settings.public_https_url(path)
-    if request.query_string:
-        url += "?" + request.query_string.decode("latin-1")
-    signature = request.headers.get(SIGNATURE_HEADER)
-    if not validate_twilio_signature(settings.twilio_auth_token, url, form, signature):
-        log.warning("%s rejected: %s X-Twilio-Signature", what, "invalid" if signature else "missing")
-        return Response("Forbidden\n", status=403, mimetype="text/plain")
-    account_sid = form.get("AccountSid")
-    if settings.twilio_account_sid and account_sid and account_sid != settings.twilio_account_sid:
-        log.warning("%s rejected: AccountSid is not TWILIO_ACCOUNT_SID", what)
-        return Response("Forbidden\n", status=403, mimetype="text/plain")
-    if not _SID_CHARS.fullmatch(form.get("CallSid", "")):
-        log.warning("%s rejected: CallSid missing or invalid", what)
-        return Response("Bad Request: CallSid is required\n", status=400, mimetype="text/plain")
-    return form
 
 
 def _error(exc: OutboundError) -> Response:
