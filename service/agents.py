@@ -9,6 +9,8 @@
     noise_reduction = "near_field"  # near_field | far_field | off
     max_call_s = 900                # optional: the longest an outbound call may last (Twilio's TimeLimit)
     voicemail_message = "..."       # optional: left after the beep when a machine answers an outbound call
+    post_call_webhook = "https://..."   # optional: each call's record POSTed there (signed), else
+                                        # POST_CALL_WEBHOOK_URL
     [default.turn_detection]        # server_vad; every key optional
     threshold = 0.5
     prefix_padding_ms = 300
@@ -16,10 +18,14 @@
     create_response = true
     interrupt_response = true
     idle_timeout_ms = 8000          # optional
-    post_call_webhook = "https://..."   # optional: each call's record POSTed there (signed), else
-                                        # POST_CALL_WEBHOOK_URL
+    [default.analysis]              # optional: post-call analysis by a text model (off without it)
+    model = "gpt-4.1-mini"          # default; any Responses API text model
+    success = "The caller booked a table."      # optional: what counts as success (else no verdict)
+    fields = { party_size = "the number of guests, an integer or null" }   # optional: name -> what it is
     [numbers."+15551230001"]        # the called number (E.164): inherits every key it does not set
     instructions = "..."
+    analysis = false                # (in a number) turns an inherited analysis off; a table's keys are
+                                    # inherited one by one from [default.analysis]
 
 The keys that let an agent act (tools, mcp, call_control, transfers, keypad) are described in
 :mod:`service.agent_actions`.
@@ -44,7 +50,7 @@ from typing import Any
 
 from service.agent_actions import ACTION_KEYS, check_references, parse_actions
 from service.config import DEPRECATED_MODELS
-from service.core.agent import Agent, TurnDetection
+from service.core.agent import Agent, AnalysisConfig, TurnDetection
 from service.errors import ConfigError
 
 __all__ = [
@@ -73,9 +79,14 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _AGENT_KEYS = frozenset(
     {
         "instructions", "voice", "greeting", "model", "transcription_model", "noise_reduction",
-        "turn_detection", "post_call_webhook", "max_call_s", "voicemail_message",
+        "turn_detection", "post_call_webhook", "max_call_s", "voicemail_message", "analysis",
     }
 )  # fmt: skip
+_ANALYSIS_KEYS = frozenset({"model", "success", "fields"})
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_NOT_TEXT_MODELS = ("realtime", "transcribe", "tts", "whisper", "audio", "embedding", "dall-e", "image")
+MAX_ANALYSIS_FIELDS = 50
+MAX_ANALYSIS_TEXT = 2_000
 _TURN_KEYS = frozenset(
     {
         "type",
@@ -173,6 +184,13 @@ def _fields(raw: dict[str, Any], path: str, env: Mapping[str, str], problems: li
                 out[name] = _turn_fields(value, where, problems)
             else:
                 problems.append(f"{where}: must be a table")
+        elif name == "analysis":
+            if value is False:
+                out[name] = False  # turns an inherited analysis off
+            elif isinstance(value, dict):
+                out[name] = _analysis_fields(value, where, problems)
+            else:
+                problems.append(f"{where}: must be a table (model, success, fields) or false")
         elif name == "max_call_s":
             if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CALL_S:
                 out[name] = value
@@ -242,10 +260,57 @@ def _turn_fields(raw: dict[str, Any], path: str, problems: list[str]) -> dict[st
     return out
 
 
+def _analysis_fields(raw: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        where = f"{path}.{_key(name)}"
+        if name not in _ANALYSIS_KEYS:
+            problems.append(f"{where}: unknown key (expected model, success or fields)")
+        elif name == "model":
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
+                problems.append(f"{where}: must be a model name (letters, digits, ._:-)")
+            elif any(word in value.lower() for word in _NOT_TEXT_MODELS):
+                problems.append(f"{where}: must be a text model of the Responses API (e.g. gpt-4.1-mini)")
+            else:
+                out[name] = value
+        elif name == "success":
+            if isinstance(value, str) and value.strip() and len(value) <= MAX_ANALYSIS_TEXT:
+                out[name] = value.strip()
+            else:
+                problems.append(f"{where}: must be a non-empty text ({MAX_ANALYSIS_TEXT} characters at most)")
+        elif not isinstance(value, dict):  # fields
+            problems.append(f"{where}: must be a table of name = description")
+        elif len(value) > MAX_ANALYSIS_FIELDS:
+            problems.append(f"{where}: at most {MAX_ANALYSIS_FIELDS} fields")
+        else:
+            fields: dict[str, str] = {}
+            for field_name, description in value.items():
+                at = f"{where}.{_key(field_name)}"
+                if not _FIELD_NAME.fullmatch(field_name):
+                    problems.append(f"{at}: a field name must be an identifier (letters, digits, _)")
+                elif not isinstance(description, str) or not description.strip():
+                    problems.append(f"{at}: must be a non-empty description (a string)")
+                elif len(description) > MAX_ANALYSIS_TEXT:
+                    problems.append(f"{at}: at most {MAX_ANALYSIS_TEXT} characters")
+                else:
+                    fields[field_name] = description.strip()
+            out[name] = MappingProxyType(fields)
+    return out
+
+
+def _analysis(inherited: Any, own: Any) -> AnalysisConfig | None:
+    """The agent's analysis: its own table's keys over the default's; ``false`` (or none at all): off."""
+    if own is False or (own is None and not isinstance(inherited, dict)):
+        return None
+    base = inherited if isinstance(inherited, dict) else {}
+    return AnalysisConfig(**{**base, **(own or {})})
+
+
 def _build(
     key: str, inherited: dict[str, Any], own: dict[str, Any], path: str, problems: list[str]
 ) -> Agent | None:
     merged = {**inherited, **own}
+    merged["analysis"] = _analysis(inherited.get("analysis"), own.get("analysis"))
     merged["turn_detection"] = replace(
         TurnDetection(), **{**inherited.get("turn_detection", {}), **own.get("turn_detection", {})}
     )

@@ -6,6 +6,9 @@ every problem at once. Messages name the variable, never the value of a secret.
     OPENAI_API_KEY          required (secret)
     OPENAI_REALTIME_URL     ws:// or wss://, default wss://api.openai.com/v1/realtime (model added as ?model=)
     OPENAI_REALTIME_MODEL   default gpt-realtime-2.1 (Azure: the deployment name)
+    OPENAI_API_BASE_URL     default https://api.openai.com/v1: the REST API of the post-call analysis
+                            (``POST {base}/responses``, the agents' ``analysis`` tables); a simulator or
+                            any compatible endpoint may stand in (Azure: https://<resource>.openai.azure.com/openai/v1)
     TWILIO_ACCOUNT_SID      optional, AC + 32 hex
     TWILIO_AUTH_TOKEN       required (secret); signs Twilio's webhooks
     PUBLIC_BASE_URL         required, https://host[:port][/prefix], the URL Twilio reaches us at
@@ -67,6 +70,7 @@ __all__ = [
     "ACTION_PATH",
     "AMD_PATH",
     "CALLS_PATH",
+    "DEFAULT_OPENAI_API_BASE_URL",
     "DEFAULT_REALTIME_MODEL",
     "DEFAULT_REALTIME_URL",
     "DEFAULT_TWILIO_API_BASE_URL",
@@ -99,6 +103,7 @@ FALLBACK_PATH = "/twilio/fallback"
 CALLS_PATH = "/calls"
 """The HTTP API: ``POST /calls`` places an outbound call, ``GET /calls/{sid}`` tells its status."""
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+DEFAULT_OPENAI_API_BASE_URL = "https://api.openai.com/v1"
 
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
@@ -161,6 +166,7 @@ class Settings:
     post_call_webhook_url: str | None = None
     twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
     dialtone_api_key: str | None = field(default=None, repr=False)
+    openai_api_base_url: str = DEFAULT_OPENAI_API_BASE_URL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -266,6 +272,19 @@ class Settings:
         api_parts = urlsplit(twilio_api)
         if api_parts.scheme not in ("http", "https") or not api_parts.hostname or api_parts.query:
             problems.append("TWILIO_API_BASE_URL: must be an http:// or https:// URL without a query string")
+        openai_api = (get("OPENAI_API_BASE_URL") or DEFAULT_OPENAI_API_BASE_URL).rstrip("/")
+        openai_parts = urlsplit(openai_api)
+        if (
+            openai_parts.scheme not in ("http", "https")
+            or not openai_parts.hostname
+            or openai_parts.query
+            or openai_parts.fragment
+            or openai_parts.username is not None
+        ):
+            problems.append(
+                "OPENAI_API_BASE_URL: must be an http:// or https:// URL (e.g. https://api.openai.com/v1) "
+                "without user info, query string or fragment"
+            )
         dialtone_key = get("DIALTONE_API_KEY")
         if dialtone_key is not None and len(dialtone_key) < _MIN_TOKEN_SECRET_CHARS:
             problems.append(f"DIALTONE_API_KEY: must be at least {_MIN_TOKEN_SECRET_CHARS} characters")
@@ -321,6 +340,7 @@ class Settings:
             post_call_webhook_url=webhook_url,
             twilio_api_base_url=twilio_api,
             dialtone_api_key=dialtone_key,
+            openai_api_base_url=openai_api,
         )
 
     @property
@@ -343,6 +363,15 @@ class Settings:
     def realtime_auth_headers(self) -> dict[str, str]:
         """Headers that authenticate the Realtime socket: ``api-key`` on Azure, a Bearer token elsewhere."""
         if self.is_azure:
+            return {"api-key": self.openai_api_key}
+        return {"Authorization": f"Bearer {self.openai_api_key}"}
+
+    @property
+    def openai_api_headers(self) -> dict[str, str]:
+        """Headers that authenticate a request to ``OPENAI_API_BASE_URL``: ``api-key`` on Azure, else a
+        Bearer token."""
+        host = urlsplit(self.openai_api_base_url).hostname or ""
+        if host.endswith(".openai.azure.com"):
             return {"api-key": self.openai_api_key}
         return {"Authorization": f"Bearer {self.openai_api_key}"}
 

@@ -86,6 +86,20 @@ class Keypad:
     max_digits: int = 16
 
 
+DEFAULT_ANALYSIS_MODEL = "gpt-4.1-mini"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisConfig:
+    """Post-call analysis with a text model (the Responses API), once the call has ended."""
+
+    model: str = DEFAULT_ANALYSIS_MODEL
+    success: str | None = field(default=None, repr=False)
+    """What counts as a successful call (``The caller booked a table.``); None: no verdict asked."""
+    fields: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Custom fields to extract: name (an identifier) -> what it holds, told to the model."""
+
+
 @dataclass(frozen=True, slots=True)
 class Agent:
     """One agent: what the model is told, how it sounds and when it takes its turn."""
@@ -111,6 +125,8 @@ class Agent:
     """Left after the beep when an answering machine takes an outbound call; then the agent hangs up."""
     voicemail_tool: bool = False
     """Per call: the model is offered the ``voicemail`` tool (an outbound call, in its first two turns)."""
+    analysis: AnalysisConfig | None = None
+    """Post-call analysis of the transcript (summary, success, custom fields); None: off."""
 
     @property
     def voice_param(self) -> str | dict[str, str]:

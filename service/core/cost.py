@@ -16,8 +16,14 @@ one ``cached_tokens`` today), they are split in proportion to the uncached input
 ``cached_split_estimated``. A ``Usage`` that grows ``cached_text_tokens`` / ``cached_audio_tokens``
 (``input_token_details.cached_tokens_details`` on the wire) is used as is.
 
-To update the prices: edit ``PRICES`` below (and its date and source); ``PriceTable.with_*`` adds or
-overrides an entry at run time (e.g. a transcription model priced from configuration).
+The post-call analysis (a text model, :mod:`service.core.analysis`) is a line of its own, ``analysis``:
+``text_cost_usd`` prices its usage from ``TEXT_PRICES`` (cached input tokens are a subset of the input,
+reasoning tokens a subset of the output) and ``Cost.with_analysis`` adds it to the call's cost. A text
+model without a price makes that line unknown (``cost.unknown`` names ``analysis``), never guessed.
+
+To update the prices: edit ``PRICES`` / ``TEXT_PRICES`` below (and their date and source);
+``PriceTable.with_*`` adds or overrides an entry at run time (e.g. a transcription model priced from
+configuration).
 """
 
 from __future__ import annotations
@@ -32,11 +38,15 @@ from service.wire import realtime
 __all__ = [
     "LINES",
     "PRICES",
+    "TEXT_PRICES",
     "Cost",
     "ModelPrice",
     "PriceTable",
+    "TextCost",
+    "TextPrice",
     "TranscriptionPrice",
     "cost_usd",
+    "text_cost_usd",
 ]
 
 PER_MILLION = 1_000_000
@@ -49,6 +59,7 @@ LINES = (
     "audio_out",
     "transcription",
     "twilio",
+    "analysis",
 )
 """The cost lines, in the order they are shown."""
 _MODEL_LINES = LINES[:6]
@@ -75,12 +86,33 @@ class TranscriptionPrice:
 
 
 @dataclass(frozen=True, slots=True)
+class TextPrice:
+    """A text model (the post-call analysis): USD per 1M tokens."""
+
+    input: float
+    cached_input: float
+    output: float
+
+
+@dataclass(frozen=True, slots=True)
 class PriceTable:
     date: str
     """When these prices were read (``YYYY-MM``): kept with every cost computed from them."""
     source: str
     models: Mapping[str, ModelPrice]
     transcription: Mapping[str, TranscriptionPrice] = field(default_factory=dict)
+    text: Mapping[str, TextPrice] = field(default_factory=dict)
+    text_date: str = ""
+    """When the text models' prices were read (they come from another page than the Realtime ones)."""
+
+    def with_text(self, name: str, price: TextPrice) -> PriceTable:
+        return replace(self, text={**self.text, name: price})
+
+    def text_price(self, model: str) -> TextPrice | None:
+        price = self.text.get(model)
+        if price is None and _is_dated(model):
+            price = self.text.get(model[:-11])
+        return price
 
     def with_model(self, name: str, price: ModelPrice) -> PriceTable:
         return replace(self, models={**self.models, name: price})
@@ -95,6 +127,19 @@ class PriceTable:
             price = self.models.get(model[:-11])
         return price
 
+
+# Text models for the post-call analysis, USD per 1M tokens (input, cached input, output), as listed on
+# developers.openai.com/api/docs/pricing (Standard tier) when these models were added (gpt-4.1 family:
+# April 2025), cross-checked in May 2026 against github/docs data/tables/copilot/models-and-pricing.yml
+# and Sraleik/undetermini PRICING.md. A model missing here is priced "unknown" (PriceTable.with_text).
+TEXT_PRICES = {
+    "gpt-4.1": TextPrice(2.00, 0.50, 8.00),
+    "gpt-4.1-mini": TextPrice(0.40, 0.10, 1.60),
+    "gpt-4.1-nano": TextPrice(0.10, 0.025, 0.40),
+    "gpt-4o": TextPrice(2.50, 1.25, 10.00),
+    "gpt-4o-mini": TextPrice(0.15, 0.075, 0.60),
+    "gpt-5-mini": TextPrice(0.25, 0.025, 2.00),
+}
 
 # Prices of November 2026, USD per 1M tokens (whisper: per minute of audio).
 # Source: /work/shared/reference/realtime-ga.md §13, from developers.openai.com/api/docs/models/
@@ -113,7 +158,47 @@ PRICES = PriceTable(
     transcription={
         "gpt-realtime-whisper": TranscriptionPrice(per_minute=0.017),
     },
+    text=TEXT_PRICES,
+    text_date="2026-05",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TextCost:
+    """What one text-model request cost, in USD (None: the model has no known price)."""
+
+    model: str
+    prices_date: str
+    input: float | None
+    cached_input: float | None
+    output: float | None
+    total: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "currency": "USD",
+            "prices_date": self.prices_date,
+            "model": self.model,
+            "input": self.input,
+            "cached_input": self.cached_input,
+            "output": self.output,
+            "total": self.total,
+        }
+
+
+def text_cost_usd(
+    model: str, input_tokens: int, cached_tokens: int, output_tokens: int, *, table: PriceTable = PRICES
+) -> TextCost:
+    """A Responses API request's cost: cached tokens are part of the input (billed at the cached price,
+    the rest at the full one); reasoning tokens are part of the output."""
+    price = table.text_price(model)
+    if price is None:
+        return TextCost(model, table.text_date, None, None, None, None)
+    cached = min(max(cached_tokens, 0), max(input_tokens, 0))
+    fresh = _usd(max(input_tokens, 0) - cached, price.input)
+    reused = _usd(cached, price.cached_input)
+    out = _usd(max(output_tokens, 0), price.output)
+    return TextCost(model, table.text_date, fresh, reused, out, round(fresh + reused + out, 6))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +222,17 @@ class Cost:
     """What had usage but no price: ``model`` and/or ``transcription``."""
     cached_split_estimated: bool = False
     twilio_minutes: int = 0
+    analysis: float | None = None
+    """The post-call analysis (a text model); None when there was none, or its price is unknown."""
+
+    def with_analysis(self, cost: TextCost | None) -> Cost:
+        """This cost with the analysis' line (None: no analysis was billed; no line)."""
+        if cost is None:
+            return self
+        if cost.total is None:
+            return replace(self, analysis=None, unknown=(*self.unknown, "analysis"))
+        total = None if self.total is None else round(self.total + cost.total, 6)
+        return replace(self, analysis=cost.total, total=total)
 
     @property
     def model_known(self) -> bool:

@@ -16,7 +16,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.core.cost import PRICES, Cost, PriceTable, TranscriptionPrice, cost_usd
+from service.core.analysis import AnalysisResult, analysis_cost
+from service.core.cost import PRICES, Cost, PriceTable, TextCost, TranscriptionPrice, cost_usd
 from service.core.record import CallRecord
 from service.records.errors import RecordsConfigError
 
@@ -28,7 +29,13 @@ class Pricing:
     table: PriceTable = PRICES
     twilio_per_minute: float | None = None
 
-    def cost(self, record: CallRecord, transcription_model: str | None = None) -> Cost:
+    def cost(
+        self,
+        record: CallRecord,
+        transcription_model: str | None = None,
+        analysis: AnalysisResult | None = None,
+    ) -> Cost:
+        """The call's cost; with ``analysis``, its line included."""
         return cost_usd(
             record.model,
             record.usage,
@@ -38,7 +45,11 @@ class Pricing:
             self.twilio_per_minute,
             record.duration_s,
             table=self.table,
-        )
+        ).with_analysis(self.analysis_cost(analysis))
+
+    def analysis_cost(self, analysis: AnalysisResult | None) -> TextCost | None:
+        """The post-call analysis' cost (None: there was none, or nothing billed that is known)."""
+        return analysis_cost(analysis, self.table)
 
 
 def pricing_from_env(env: Mapping[str, str], table: PriceTable = PRICES) -> Pricing:

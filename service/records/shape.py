@@ -16,11 +16,20 @@ One document per call, the same from ``calls show --json``, ``calls export`` and
      "cost_usd": 0.1234, "cost": {Cost.to_json()},
      "timeline": [{"t_s": 0.8, "kind": "caller_started"}, {"t_s": 3.1, "kind": "barge_in", "heard_ms": 1200,
                    "truncated": 1}, …],
-     "summary": {…the call's summary line…}}
+     "summary": {…the call's summary line…},
+     "analysis": null | {"model": "gpt-4.1-mini", "summary": "…", "success": true | false | null,
+                         "fields": {"party_size": 4, …}, "usage": {"input_tokens", "cached_tokens",
+                         "output_tokens", "reasoning_tokens"}, "cost_usd": 0.0004, "response_id": "resp_…"}
+                 | {"model": "gpt-4.1-mini", "error": "HTTP 500 server_error", "usage": null,
+                    "cost_usd": null}}
 
 Times: ``started_at`` / ``ended_at`` ISO 8601 UTC (milliseconds, ``Z``); ``t_s`` seconds since the
 media stream was accepted (the core's clock). The transcript holds the caller's and the agent's turns;
 tool calls are in ``tool_calls`` (their arguments and outputs are not kept).
+
+``analysis``: the post-call analysis (``null`` when the agent has none); its cost is the ``analysis`` line
+of ``cost`` and part of ``cost_usd``. In the ``calls`` table it is kept in the ``summary`` column's JSON,
+under ``"analysis"`` (no column of its own), and taken out again by ``row_to_doc``.
 """
 
 from __future__ import annotations
@@ -31,15 +40,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from service.core.cost import LINES, Cost, cost_usd
+from service.core.analysis import Analysis, AnalysisResult, analysis_cost
+from service.core.cost import LINES, Cost, TextCost, cost_usd
 from service.core.record import CallRecord
 
-__all__ = ["SCHEMA_FIELDS", "doc_to_row", "from_iso", "iso", "plain", "record_to_json", "row_to_doc"]
+__all__ = [
+    "SCHEMA_FIELDS", "analysis_to_json", "doc_to_row", "from_iso", "iso", "plain", "record_to_json",
+    "row_to_doc",
+]  # fmt: skip
 
 SCHEMA_FIELDS = (
     "id", "call_sid", "direction", "from", "to", "agent", "model", "started_at", "ended_at", "duration_s",
     "end_reason", "transcript", "tool_calls", "barge_ins", "reconnects", "reconnect_ms", "rollovers",
-    "first_audio_ms", "usage", "cost_usd", "cost", "timeline", "summary",
+    "first_audio_ms", "usage", "cost_usd", "cost", "timeline", "summary", "analysis",
 )  # fmt: skip
 """The document's keys, in order."""
 SPEAKERS = frozenset({"caller", "agent"})
@@ -70,6 +83,26 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def analysis_to_json(result: AnalysisResult | None, cost: TextCost | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    usage = None
+    if result.usage is not None:
+        usage = dataclasses.asdict(result.usage)
+    cost_usd_ = cost.total if cost is not None else None
+    if isinstance(result, Analysis):
+        return {
+            "model": result.model,
+            "summary": result.summary,
+            "success": result.success,
+            "fields": dict(result.fields),
+            "usage": usage,
+            "cost_usd": cost_usd_,
+            "response_id": result.response_id,
+        }
+    return {"model": result.model, "error": result.error, "usage": usage, "cost_usd": cost_usd_}
+
+
 def record_to_json(
     record: CallRecord,
     started_at: float,
@@ -78,8 +111,14 @@ def record_to_json(
     cost: Cost | None = None,
     record_id: str = "",
     transcription_model: str | None = None,
+    analysis: AnalysisResult | None = None,
+    analysis_price: TextCost | None = None,
 ) -> dict[str, Any]:
-    """The call's document. ``started_at`` / ``ended_at``: epoch seconds (the runtime's wall clock)."""
+    """The call's document. ``started_at`` / ``ended_at``: epoch seconds (the runtime's wall clock).
+    ``cost``: the call's, the analysis' line included (``Pricing.cost``); ``analysis_price``: the
+    analysis' own (``Pricing.analysis_cost``). Both are priced from the default table when not given."""
+    if analysis_price is None:
+        analysis_price = analysis_cost(analysis)
     if cost is None:
         cost = cost_usd(
             record.model,
@@ -89,7 +128,7 @@ def record_to_json(
             transcription_model,
             None,
             record.duration_s,
-        )
+        ).with_analysis(analysis_price)
     usage = {
         **dataclasses.asdict(record.usage),
         "transcription_model": transcription_model,
@@ -142,6 +181,7 @@ def record_to_json(
             for event in record.timeline
         ],
         "summary": dict(record.summary),
+        "analysis": analysis_to_json(analysis, analysis_price),
     }
     return plain(doc)  # type: ignore[no-any-return]
 
@@ -179,7 +219,9 @@ def doc_to_row(doc: Mapping[str, Any], instance: str) -> dict[str, Any]:
         "reconnect_ms": doc["reconnect_ms"],
         "usage": usage,
         "cost": cost,
-        "summary": doc["summary"],
+        "summary": (
+            doc["summary"] if doc.get("analysis") is None else {**doc["summary"], "analysis": doc["analysis"]}
+        ),
     }
 
 
@@ -204,6 +246,8 @@ def _ordered(value: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 def row_to_doc(row: Mapping[Any, Any]) -> dict[str, Any]:
     """The document of a ``calls`` row (the inverse of ``doc_to_row``)."""
+    summary = dict(row["summary"] or {})
+    analysis = summary.pop("analysis", None)
     return {
         "id": row["id"],
         "call_sid": row["call_sid"],
@@ -227,5 +271,6 @@ def row_to_doc(row: Mapping[Any, Any]) -> dict[str, Any]:
         "cost_usd": row["cost_usd"],
         "cost": _ordered(row["cost"], _COST_KEYS),
         "timeline": [_ordered(event, _EVENT_KEYS) for event in row["timeline"]],
-        "summary": row["summary"],
+        "summary": summary,
+        "analysis": analysis,
     }

@@ -49,6 +49,7 @@ from typing import Any
 from sqlalchemy import URL
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.core.analysis import AnalysisResult
 from service.core.record import CallRecord
 from service.records.db import Database, describe_error, is_transient
 from service.records.errors import RecordsError, StateUnavailable
@@ -75,6 +76,7 @@ class _Item:
     started_at: float
     ended_at: float
     transcription_model: str | None
+    analysis: AnalysisResult | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +157,14 @@ class RecordStore:
         ended_at: float,
         *,
         transcription_model: str | None = None,
+        analysis: AnalysisResult | None = None,
     ) -> bool:
         """Queue a call's record (wall-clock epoch seconds). O(1), never blocks on the database.
+        ``analysis``: the post-call analysis, when the agent has one (kept in the record, priced).
 
         False when it could not be kept (the queue is full, or the store is closed): it was logged whole.
         """
-        item = _Item(uuid.uuid4().hex, record, started_at, ended_at, transcription_model)
+        item = _Item(uuid.uuid4().hex, record, started_at, ended_at, transcription_model, analysis)
         with self._cond:
             if not self._closing and len(self._items) < self.max_queue:
                 self._items.append(item)
@@ -358,9 +362,11 @@ class RecordStore:
                 item.record,
                 item.started_at,
                 item.ended_at,
-                cost=self.pricing.cost(item.record, item.transcription_model),
+                cost=self.pricing.cost(item.record, item.transcription_model, item.analysis),
                 record_id=item.record_id,
                 transcription_model=item.transcription_model,
+                analysis=item.analysis,
+                analysis_price=self.pricing.analysis_cost(item.analysis),
             )
         except Exception:
             log.exception(

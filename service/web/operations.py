@@ -7,6 +7,12 @@
     ops.call_ended(call, end, wall)        # the bridge, as a call ends: O(1) work on the loop
     await ops.close()                      # in Service.stop, after the drain
 
+A call whose agent has an ``analysis`` table is analysed after it ends (:mod:`service.runtime.analysis`,
+an asyncio task: the call's end waits for nothing); its record is put in the store and its webhook sent
+once the analysis is done or has failed (``analysis.error``), so both carry it and the cost includes
+it. The drain waits for the analyses still running; ``close`` gives them what time is left, then
+cancels them, and their records are kept all the same (``analysis.error``: the service shut down).
+
 Shared with the other workers and instances through the database (:class:`~service.records.state.
 SharedState`): single-use stream tokens, the call-control decisions (the ``<Connect action>`` request
 may reach another worker than the call), the live-call counts behind ``MAX_CALLS``. Each has a local
@@ -23,11 +29,15 @@ from collections.abc import Callable
 from typing import Any
 
 from service.config import Settings
+from service.core.agent import AnalysisConfig
+from service.core.analysis import AnalysisFailed, AnalysisResult
 from service.core.call import Call
 from service.core.commands import EndCall
+from service.core.record import CallRecord
 from service.records.errors import RecordsError, StateUnavailable
 from service.records.shape import record_to_json
 from service.records.store import RecordStore
+from service.runtime.analysis import Analyst
 from service.runtime.metrics import Metrics, watch_loop_lag
 from service.runtime.webhooks import WebhookSender
 from service.web.after_stream import DECISION_TTL_S, Decisions, decision_of
@@ -60,6 +70,13 @@ class Operations:
         self.metrics = Metrics(lambda: len(self.bridges), self._records_queued)
         self._lag_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self.analyst = Analyst(settings.openai_api_base_url, settings.openai_api_headers)
+        self._analyses: set[asyncio.Task[None]] = set()
+
+    @property
+    def analyses_pending(self) -> int:
+        """Post-call analyses not finished yet (their records wait for them)."""
+        return len(self._analyses)
 
     # --- life ------------------------------------------------------------------------------------
 
@@ -77,6 +94,8 @@ class Operations:
         """Deliver the webhooks and write the records still queued (what cannot be is logged whole)."""
         if self._lag_task is not None:
             self._lag_task.cancel()
+        await self.settle_analyses(timeout_s)
+        await self.analyst.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.webhooks is not None:
@@ -86,6 +105,18 @@ class Operations:
             not_kept = await asyncio.to_thread(store.close, timeout_s)
             if not_kept:
                 log.error("%d call record(s) could not be written (logged above)", not_kept)
+
+    async def settle_analyses(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the analyses running, then cancel the rest (their records are
+        kept, with ``analysis.error``)."""
+        if not self._analyses:
+            return
+        _done, pending = await asyncio.wait(set(self._analyses), timeout=timeout_s)
+        if pending:
+            log.warning("%d post-call analyses cut short: shutting down", len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # --- admission --------------------------------------------------------------------------------
 
@@ -187,14 +218,62 @@ class Operations:
         if agent is None:
             return  # never authorized: not a call of ours to record
         started = wall_now - (now - call.timeline.origin)
-        if self.store is not None:
-            self.store.put(record, started, wall_now, transcription_model=transcription)
         url = agent.post_call_webhook or self.settings.post_call_webhook_url
-        if url and self.webhooks is not None:
-            doc = record_to_json(record, started, wall_now, cost=cost, transcription_model=transcription)
-            self.webhooks.send(url, doc)
+        if agent.analysis is None:
+            self._keep(record, started, wall_now, transcription, url, None)
+        else:
+            task = asyncio.get_running_loop().create_task(
+                self._analyse_and_keep(record, agent.analysis, started, wall_now, transcription, url)
+            )
+            self._analyses.add(task)
+            task.add_done_callback(self._analyses.discard)
         if self.store is not None and self.capacity.max_calls:
             self._in_background(self.store.state.heartbeat, self.live_count())
+
+    async def _analyse_and_keep(
+        self,
+        record: CallRecord,
+        config: AnalysisConfig,
+        started: float,
+        ended: float,
+        transcription: str | None,
+        url: str | None,
+    ) -> None:
+        try:
+            result = await self.analyst.analyse(record, config)
+        except asyncio.CancelledError:
+            failed = AnalysisFailed(config.model, "not finished: the service shut down")
+            self._keep(record, started, ended, transcription, url, failed)
+            raise
+        price = self.settings.pricing.analysis_cost(result)
+        if price is not None and price.total is not None:
+            self.metrics.cost.labels(record.agent or "", result.model).inc(price.total)
+        self._keep(record, started, ended, transcription, url, result)
+
+    def _keep(
+        self,
+        record: CallRecord,
+        started: float,
+        ended: float,
+        transcription: str | None,
+        url: str | None,
+        analysis: AnalysisResult | None,
+    ) -> None:
+        """The record to the store and the webhook (both O(1): queued)."""
+        if self.store is not None:
+            self.store.put(record, started, ended, transcription_model=transcription, analysis=analysis)
+        if url and self.webhooks is not None:
+            pricing = self.settings.pricing
+            doc = record_to_json(
+                record,
+                started,
+                ended,
+                cost=pricing.cost(record, transcription, analysis),
+                transcription_model=transcription,
+                analysis=analysis,
+                analysis_price=pricing.analysis_cost(analysis),
+            )
+            self.webhooks.send(url, doc)
 
     # --- plumbing ------------------------------------------------------------------------------------
 

@@ -31,6 +31,11 @@ APP_SOCKET_NAME = "app.sock"
 DRAIN_POLL_S = 0.1
 ACTION_GRACE_S = 3.0
 """After ending the calls that outlived the drain: how long Twilio may take to ask for their answers."""
+ANALYSIS_GRACE_S = 5.0
+"""Then how long the post-call analyses still running may take. Short on purpose: the platform's grace
+period covers the drain plus a few seconds (infra/README.md), and a process killed then would lose the
+records waiting for their analyses. The analyses of calls ended during the drain have had the drain's
+time; those cut short are recorded all the same, with ``analysis.error``."""
 log = logging.getLogger(__name__)
 
 
@@ -67,20 +72,25 @@ class Service:
     async def drain(self, timeout_s: float) -> None:
         """Take no new call (the webhook refuses, /readyz says so); let the live ones go on for up to
         ``timeout_s``; end the rest politely (each is told the line closes) and give Twilio a moment to
-        fetch their ``<Connect action>`` answers."""
+        fetch their ``<Connect action>`` answers. Last, wait for the post-call analyses still running
+        (their records wait for them)."""
         self.ops.capacity.draining = True
         bridges = self.media.bridges
         if bridges and timeout_s > 0:
             log.info("draining: %d live call(s), waiting up to %.0f s", len(bridges), timeout_s)
             await self._wait_until(lambda: not bridges or self.drain_cut.is_set(), timeout_s)
-        if not bridges:
-            return
-        log.warning("drain over: ending %d call(s) still live", len(bridges))
-        ended = [bridge.call.call_sid for bridge in list(bridges)]
-        for bridge in list(bridges):
-            bridge.shut_down()
-        decisions = self.ops.decisions
-        await self._wait_until(lambda: not any(s and decisions.get(s) for s in ended), ACTION_GRACE_S)
+        if bridges:
+            log.warning("drain over: ending %d call(s) still live", len(bridges))
+            ended = [bridge.call.call_sid for bridge in list(bridges)]
+            for bridge in list(bridges):
+                bridge.shut_down()
+            decisions = self.ops.decisions
+            await self._wait_until(lambda: not any(s and decisions.get(s) for s in ended), ACTION_GRACE_S)
+        if self.ops.analyses_pending:
+            log.info("draining: waiting for %d post-call analyses", self.ops.analyses_pending)
+            await self._wait_until(
+                lambda: not self.ops.analyses_pending or self.drain_cut.is_set(), ANALYSIS_GRACE_S
+            )
 
     async def _wait_until(self, done: Callable[[], bool], timeout_s: float) -> None:
         """Poll ``done`` until it holds, the drain is cut short or ``timeout_s`` has passed."""
