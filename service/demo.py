@@ -1,21 +1,36 @@
 """``make demo``: one whole phone call, locally, with no Twilio or OpenAI account.
 
-Starts the Realtime simulator and the real Dialtone server (hypercorn, 127.0.0.1), then the Twilio
-caller simulator places a call: the agent greets, the caller asks a question and hears the answer, asks
-another, and interrupts the long answer. Prints the call's timeline and writes a stereo WAV (caller
-left, agent right, as heard) to listen to::
+Starts the Realtime simulator, the local tool server (:mod:`service.sim.tools`: a restaurant's bookings
+API that checks Dialtone's request signatures) and the real Dialtone server (hypercorn, 127.0.0.1), then
+the Twilio caller simulator calls Trattoria Sole's booking line (``+15551230011`` in
+``fixtures/agents_tools.toml``). The agent greets; the caller asks a question; the model calls
+``check_availability``, Dialtone calls the tool server (signed) and hands its answer to the model, and
+the agent answers; the caller asks another question and interrupts the long answer (barge-in); the
+agent says goodbye and calls ``end_call``: once the goodbye has been heard, Dialtone ends the stream and
+answers Twilio's ``<Connect action>`` request with ``<Hangup/>`` (the caller simulator follows it).
 
-    python -m service.demo [--speed 1.0] [--wav out/demo-call.wav] [--record out/calls]
-                           [--drop-model-at SECONDS [--drop-abort]]
+The fixture clips stand in for the words (there is no goodbye among them: the greeting is said again).
+Prints the call's timeline (what was said and heard, barge-ins, tool calls with their durations, the
+hang-up), the service's summary line, and the call's record as the service wrote it to its database
+(``DATABASE_URL``, a temporary SQLite file here): the transcript and what the call cost, as the service
+priced it. Writes a stereo WAV (caller left, agent right, as heard) and the record's timeline as SVG
+(:func:`service.records.picture.write_picture`, as ``python -m service calls show SID --picture``)::
+
+    python -m service.demo [--speed 1.0] [--wav out/demo-call.wav] [--picture out/demo-call.svg]
+                           [--record out/calls] [--drop-model-at SECONDS [--drop-abort]]
     python -m service.demo --outbound [--speed 1.0]     (service.demo_outbound: an outbound call)
 
 ``--drop-model-at`` drops the model socket in use at that many seconds of stream time (close 1011, or a
 TCP reset with ``--drop-abort``): the call goes on on a new session, and the timeline shows the
 reconnect, the turns replayed to the new session and whether it was asked to continue its answer.
+(The simulator scripts replies by caller turn: a session that takes over during the tool's answer calls
+the tool again.)
 
-Exit status: 0 when the call went through and ended with the caller's hang-up, 1 when protocol problems
-were seen (by the caller simulator, or by the Realtime simulator on any of the model sockets) or the
-call ended some other way.
+The printout is :mod:`service.demo_print`. Exit status: 0 when the call went through and ended as
+scripted: the tool was called and answered, the model called ``end_call``, the service ended the stream
+and ``<Connect action>`` answered ``<Hangup/>``, and the record was written. 1 otherwise, or when
+protocol problems were seen (by the caller simulator, or by the Realtime simulator on any of the model
+sockets).
 """
 
 from __future__ import annotations
@@ -24,21 +39,56 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.sim.caller import CallRecord, ClearRecord, place_call
-from service.sim.realtime_server import RealtimeSimulator, SimConnection, Truncation
-from service.sim.script import AfterAgentSilent, AfterAgentStarted, HangUp, Say, load_clip
-from service.sim.stack import LocalStack
+from sqlalchemy.exc import SQLAlchemyError
 
-CALLED = "+15551230009"  # no entry of its own in fixtures/agents.toml: the default agent answers
+from service.demo_print import Drop, StreamClock, record_text, summary_text, timeline
+from service.records import Database, RecordsError
+from service.records.db import describe_error
+from service.records.picture import write_picture
+from service.sim.caller import CallRecord, place_call
+from service.sim.realtime_server import RealtimeSimulator, SimConnection
+from service.sim.script import (
+    AfterAgentSilent,
+    AfterAgentStarted,
+    FunctionCall,
+    HangUp,
+    ReplyScript,
+    Say,
+    load_clip,
+)
+from service.sim.stack import API_KEY, TOOLS_SECRET, LocalStack, agents_with_tools
+from service.sim.tools import ToolRequest, ToolServer
+
+CALLED = "+15551230011"  # fixtures/agents_tools.toml: a booking line (check_availability, end_call)
+TOOL = "check_availability"
+TOOL_PATH = "/availability"  # its route on the tool server
+TOOL_ARGUMENTS = '{"date": "2026-12-24", "party_size": 4}'
+GOODBYE = '{"reason": "the caller has what they called for"}'
+CALLER_CLIPS = ("caller_question", "caller_followup", "caller_interrupt")
 BRIDGE_LOGGER = "service.runtime.bridge"  # logs the per-call summary line (extra={"summary": ...})
 SUMMARY_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
+HANG_UP_AFTER_MS = 3000
+"""The caller's own hang-up, should the agent not end the call: this long after the agent went quiet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    speed: float
+    wav: Path
+    picture: Path
+    record_dir: Path | None = None
+    drop_at_s: float | None = None
+    drop_abort: bool = False
+    drop_code: int = 1011
+    model_script: ReplyScript | None = None  # what the simulated model does (None: ``replies()``)
 
 
 class _SummaryCatcher(logging.Handler):
@@ -57,41 +107,6 @@ class _SummaryCatcher(logging.Handler):
             self._loop.call_soon_threadsafe(self.logged.set)
 
 
-@dataclass(frozen=True, slots=True)
-class StreamClock:
-    """Wall clock (epoch seconds) to the caller's stream ms.
-
-    The caller simulator keeps its stream clock to itself (``place_call`` only returns the record at
-    the end), so the origin is taken from the Realtime simulator: the moment the service's first model
-    socket was accepted. The service opens that socket when Twilio's media socket is accepted, a
-    handshake later than the caller's ``start``: about 2 ms of real time late on a local run.
-    """
-
-    origin: float  # epoch seconds at stream ms 0
-    speed: float
-
-    def stream_ms(self, epoch_s: float) -> float:
-        return (epoch_s - self.origin) * 1000 * self.speed
-
-    def epoch_s(self, stream_ms: float) -> float:
-        return self.origin + stream_ms / 1000 / self.speed
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """A model socket dropped by the demo (``--drop-model-at``)."""
-
-    stream_ms: float
-    epoch_s: float
-    index: int  # the simulator connection dropped (0-based)
-    code: int
-    abort: bool
-
-    @property
-    def how(self) -> str:
-        return "TCP reset" if self.abort else f"close {self.code}"
-
-
 async def _drop_model(
     sim: RealtimeSimulator, speed: float, at_s: float, *, code: int, abort: bool
 ) -> Drop | None:
@@ -108,200 +123,34 @@ async def _drop_model(
     return Drop(clock.stream_ms(now), now, current.index, code, abort)
 
 
-def script() -> list[Say | HangUp]:
-    return [
-        Say(load_clip("caller_question"), AfterAgentSilent(600)),
-        Say(load_clip("caller_followup"), AfterAgentSilent(600)),
-        Say(load_clip("caller_interrupt"), AfterAgentStarted(2500)),
-        HangUp(AfterAgentSilent(800)),
-    ]
-
-
-def _replayed(conn: SimConnection) -> tuple[list[str], bool]:
-    """The roles of the turns replayed to a session (``conversation.item.create``), and whether it was
-    asked to go on (a ``response.create`` without instructions; the greeting's has some)."""
-    roles: list[str] = []
-    resumed = False
-    for event in conn.client_events:
-        if event.get("type") == "conversation.item.create":
-            item = event.get("item")
-            roles.append(str(item.get("role", "?")) if isinstance(item, dict) else "?")
-        elif event.get("type") == "response.create":
-            response = event.get("response")
-            resumed |= not (isinstance(response, dict) and response.get("instructions"))
-    return roles, resumed
-
-
-def _replay_text(conn: SimConnection) -> str:
-    roles, resumed = _replayed(conn)
-    users, agents = roles.count("user"), roles.count("assistant")
-    text = f"{len(roles)} turn(s) replayed ({users} caller, {agents} agent)"
-    return text + (", asked to continue (response.create)" if resumed else ", not asked to continue")
-
-
-def _lost_to_server(conn: SimConnection) -> bool:
-    """Ended by the model side (a drop, a fault, the session limit, a fatal error), not by the service."""
-    return conn.ended_by is not None
-
-
-def _successor(conn: SimConnection, connections: Sequence[SimConnection]) -> SimConnection | None:
-    return next((c for c in connections if c.index > conn.index), None)
-
-
-def _loss_rows(
-    record: CallRecord,
-    connections: Sequence[SimConnection],
-    clock: StreamClock,
-    drop: Drop | None,
-    reconnect_ms: list[int],
-) -> tuple[list[tuple[float, str]], set[int]]:
-    """Rows for each model socket the model side ended and its replacement, and the indexes in
-    ``record.clears`` of the clears the service sent because of the loss (not barge-ins)."""
-    rows: list[tuple[float, str]] = []
-    lost_clears: set[int] = set()
-    # Pairs each loss with the service's reconnect_ms in order (a loss before the session was
-    # configured is not counted by the service: the demo only provokes one).
-    for loss, conn in enumerate(c for c in connections if _lost_to_server(c) and c.closed_at is not None):
-        assert conn.closed_at is not None
-        is_drop = drop is not None and conn.index == drop.index
-        lost_at = drop.epoch_s if drop is not None and is_drop else conn.closed_at
-        lost_ms = clock.stream_ms(lost_at)
-        if not is_drop:
-            how = "TCP reset" if conn.aborted else f"close {conn.close_code}"
-            rows.append((lost_ms, f"model   socket closed by the model side ({how}, {conn.ended_by})"))
-        new = _successor(conn, connections)
-        if new is None:
-            rows.append((lost_ms, "model   no new socket was accepted after the loss"))
-            continue
-        accept_ms = (new.accepted_at - lost_at) * 1000
-        ready_ms = reconnect_ms[loss] if loss < len(reconnect_ms) else None
-        ready = "no session ready" if ready_ms is None else f"session ready {ready_ms} ms after the loss"
-        what = "drop" if is_drop else "loss"
-        at = clock.stream_ms(new.accepted_at)
-        rows.append(
-            (at, f"model   new socket accepted {accept_ms:.0f} ms after the {what}, {ready} (real time)")
-        )
-        rows.append((at, f"model   {_replay_text(new)}"))
-        window_ms = max(accept_ms, float(ready_ms or 0)) * clock.speed + 100  # stream ms, generous
-        lost_clears |= {
-            i for i, c in enumerate(record.clears) if lost_ms <= c.stream_ms <= lost_ms + window_ms
-        }
-    return rows, lost_clears
-
-
-def _rollover_rows(
-    record: CallRecord, connections: Sequence[SimConnection], clock: StreamClock
-) -> list[tuple[float, str]]:
-    """A socket the service closed before the end of the call while its successor was already open."""
-    rows: list[tuple[float, str]] = []
-    call_end = clock.epoch_s(record.duration_ms)
-    for conn in connections:
-        new = _successor(conn, connections)
-        if _lost_to_server(conn) or conn.closed_at is None or new is None:
-            continue
-        if new.accepted_at < conn.closed_at < call_end:
-            opened_ms = (conn.closed_at - new.accepted_at) * 1000
-            rows.append(
-                (
-                    clock.stream_ms(conn.closed_at),
-                    f"model   session rolled over to a socket opened {opened_ms:.0f} ms before; "
-                    + _replay_text(new),
-                )
-            )
-    return rows
-
-
-def _clear_rows(
-    record: CallRecord, connections: Sequence[SimConnection], lost_clears: set[int]
-) -> list[tuple[float, str]]:
-    """Twilio clears (barge-in, or the lost answer of a dropped session) and the model's truncations,
-    each truncation placed at the barge-in that caused it (in order)."""
-    rows: list[tuple[float, str]] = []
-    barge_ins: list[ClearRecord] = []
-    for i, clear in enumerate(record.clears):
-        heard = f"{clear.played_ms:.0f} ms of that answer was heard"
-        if i in lost_clears:
-            thrown = f"{clear.discarded_ms:.0f} ms queued thrown away"
-            rows.append((clear.stream_ms, f"twilio  clear (model lost): {heard}, {thrown}"))
-        else:
-            barge_ins.append(clear)
-            rows.append((clear.stream_ms, f"twilio  clear (barge-in): {heard}"))
-    truncations: list[Truncation] = [t for conn in connections for t in conn.truncations]
-    for i, cut in enumerate(truncations):
-        at = barge_ins[min(i, len(barge_ins) - 1)].stream_ms if barge_ins else 0.0
-        rows.append(
-            (at, f"model   item truncated at {cut.audio_end_ms} ms of {cut.generated_ms} ms generated")
-        )
-    return rows
-
-
-def timeline(
-    record: CallRecord,
-    connections: Sequence[SimConnection] = (),
-    *,
-    clock: StreamClock | None = None,
-    drop: Drop | None = None,
-    summary: dict[str, Any] | None = None,
-) -> list[tuple[float, str]]:
-    """(stream ms, what happened), in order. The model sockets' rows need the ``clock``."""
-    rows: list[tuple[float, str]] = []
-    runs = record.heard_runs
-    for start, name in record.says:
-        clip = load_clip(name)
-        end = start + clip.duration_ms
-        rows.append((start, f"caller  says {clip.text!r} ({clip.duration_ms} ms)"))
-        later = [r for r in runs if r[0] >= end]
-        if later:
-            rows.append(
-                (
-                    later[0][0],
-                    f"agent   first audio heard {later[0][0] - end:.0f} ms after the caller stopped",
-                )
-            )
-    for start, end in runs:
-        rows.append((start, f"agent   audio plays for {end - start:.0f} ms"))
-    lost_clears: set[int] = set()
-    if clock is not None:
-        reconnect_ms = [int(ms) for ms in (summary or {}).get("reconnect_ms") or []]
-        loss_rows, lost_clears = _loss_rows(record, connections, clock, drop, reconnect_ms)
-        rows += loss_rows + _rollover_rows(record, connections, clock)
-    if drop is not None:
-        rows.append(
-            (drop.stream_ms, f"model   socket dropped ({drop.how}){_activity(record, drop.stream_ms)}")
-        )
-    rows += _clear_rows(record, connections, lost_clears)
-    rows.append((record.duration_ms, f"call    ended: {record.end_reason}"))
-    return sorted(rows, key=lambda row: row[0])
-
-
-def _activity(record: CallRecord, stream_ms: float) -> str:
-    """What the caller heard or said at ``stream_ms``, for the drop row."""
-    for start, name in record.says:
-        if start <= stream_ms < start + load_clip(name).duration_ms:
-            return " while the caller was speaking"
-    if any(start <= stream_ms < end for start, end in record.heard_runs):
-        return " while the agent was heard"
-    return ""
-
-
-def summary_text(s: dict[str, Any]) -> str:
-    """The service's summary line as a sentence (missing fields show as ?)."""
-
-    def get(key: str) -> Any:
-        return s.get(key, "?")
-
-    reconnect_ms = s.get("reconnect_ms") or []
-    reconnects = f"{get('reconnects')} reconnect(s)"
-    if reconnect_ms:
-        reconnects += " (" + ", ".join(f"{ms} ms" for ms in reconnect_ms) + " from loss to new session)"
-    return (
-        f"Service summary: {get('duration_s')} s, {get('frames_in')} frames in, {get('frames_out')} frames "
-        f"out, {get('turns')} turn(s), {get('barge_ins')} barge-in(s), {get('truncations')} truncation(s), "
-        f"{reconnects}, {get('rollovers')} rollover(s), {get('gap_dropped_ms')} ms of caller audio "
-        f"dropped while reconnecting, first audio after turn end (played) {get('first_audio_ms')} ms, "
-        f"tokens in/out {get('input_tokens')}/{get('output_tokens')}, ended: {get('end_reason')} "
-        f"(phase {get('phase')})\n"
+def replies() -> ReplyScript:
+    """What the model does: greet; answer the first question after a look at the bookings
+    (``check_availability``, answered by the tool server); give the long answer to the second one; say
+    goodbye and call ``end_call`` when interrupted."""
+    clip = load_clip
+    return ReplyScript(
+        greeting=clip("reply_greeting"),
+        replies=(
+            # ``waiting``: what is said if the tool is slow enough for the agent's filler (0.7 s real time)
+            FunctionCall(TOOL, TOOL_ARGUMENTS, then=clip("reply_short"), waiting=clip("reply_followup")),
+            clip("reply_long"),
+            # No goodbye among the fixture clips: "Thanks for calling Dialtone. ..." stands in for one.
+            FunctionCall("end_call", GOODBYE, then=clip("reply_followup"), preamble=clip("reply_greeting")),
+        ),
+        caller_transcripts=tuple(clip(name).text for name in CALLER_CLIPS),
     )
+
+
+def script() -> list[Say | HangUp]:
+    """What the caller does: asks, asks again, interrupts the long answer; hangs up only if the agent
+    does not end the call."""
+    question, followup, interrupt = (load_clip(name) for name in CALLER_CLIPS)
+    return [
+        Say(question, AfterAgentSilent(600)),
+        Say(followup, AfterAgentSilent(600)),
+        Say(interrupt, AfterAgentStarted(2500)),
+        HangUp(AfterAgentSilent(HANG_UP_AFTER_MS)),
+    ]
 
 
 async def _wait_all(events: Sequence[asyncio.Event], timeout_s: float) -> None:
@@ -320,10 +169,15 @@ async def run(
     wav: Path,
     record_dir: Path | None,
     *,
+    picture: Path = Path("out/demo-call.svg"),
     drop_at_s: float | None = None,
     drop_abort: bool = False,
     drop_code: int = 1011,
+    model_script: ReplyScript | None = None,
 ) -> int:
+    """Run the demo's call and print it; the exit status. ``model_script`` replaces what the simulated
+    model does (:func:`replies`), e.g. to see the demo fail when the model never ends the call."""
+    options = Options(speed, wav, picture, record_dir, drop_at_s, drop_abort, drop_code, model_script)
     catcher = _SummaryCatcher()
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
@@ -334,72 +188,157 @@ async def run(
     bridge_log.addHandler(catcher)
     bridge_log.propagate = False
     try:
-        return await _run(speed, wav, record_dir, catcher, drop_at_s, drop_abort, drop_code)
+        with tempfile.TemporaryDirectory(prefix="dialtone-demo-") as folder:
+            return await _run(options, catcher, Path(folder))
     finally:
         bridge_log.removeHandler(catcher)
         bridge_log.setLevel(saved[0])
         bridge_log.propagate = saved[1]
 
 
-async def _run(
-    speed: float,
-    wav: Path,
-    record_dir: Path | None,
-    catcher: _SummaryCatcher,
-    drop_at_s: float | None,
-    drop_abort: bool,
-    drop_code: int,
-) -> int:
-    env = {"RECORD_CALLS_DIR": str(record_dir)} if record_dir else {}
-    out = sys.stdout
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What the demo's call left behind, on every side."""
+
+    record: CallRecord  # the caller simulator's
+    connections: list[SimConnection]  # the Realtime simulator's sockets
+    requests: list[ToolRequest]  # the tool server's
+    drop: Drop | None
+
+
+async def _place(options: Options, stack: LocalStack, tools: ToolServer, catcher: _SummaryCatcher) -> _Call:
+    """The call, from the caller's first ring to the service's summary line and its last model socket
+    closed."""
     drop: Drop | None = None
-    async with LocalStack(env=env) as stack:
-        out.write(f"Dialtone demo: server on {stack.http_base}, Realtime simulator on {stack.sim.url}\n")
-        out.write(f"Placing a call to {CALLED} (stream time runs {speed:g}x real time)...\n")
-        if drop_at_s is not None:
-            how = "with a TCP reset" if drop_abort else f"with close {drop_code}"
-            out.write(f"The model socket will be dropped {how} at {drop_at_s:g} s of stream time.\n")
-        out.write("\n")
-        dropper = None
-        if drop_at_s is not None:
-            dropper = asyncio.create_task(
-                _drop_model(stack.sim, speed, drop_at_s, code=drop_code, abort=drop_abort)
+    dropper = None
+    if options.drop_at_s is not None:
+        dropper = asyncio.create_task(
+            _drop_model(
+                stack.sim, options.speed, options.drop_at_s, code=options.drop_code, abort=options.drop_abort
             )
-        try:
-            record = await place_call(
-                stack.http_base, **stack.call_kwargs(to=CALLED, speed=speed, script=script())
+        )
+    try:
+        kwargs = stack.call_kwargs(to=CALLED, speed=options.speed, script=script())
+        record = await place_call(stack.http_base, **kwargs)
+    finally:
+        if dropper is not None:
+            dropper.cancel()  # no effect if it is done; else the call was over before the drop
+            (result,) = await asyncio.gather(dropper, return_exceptions=True)
+            drop = result if isinstance(result, Drop) else None
+    # The service logs its summary and closes its model socket once Twilio's socket has gone.
+    await _wait_all([catcher.logged], SUMMARY_TIMEOUT_S)
+    connections = list(stack.sim.connections)
+    await _wait_all([c.closed for c in connections], CLOSE_TIMEOUT_S)
+    return _Call(record, connections, list(tools.requests), drop)
+
+
+def _read_record(url: str, call_sid: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The call's record as the service wrote it (the document of ``calls show --json``), or why not."""
+    try:
+        db = Database(url, must_exist=True)
+    except RecordsError as exc:
+        return None, str(exc)
+    try:
+        doc = db.get_call(call_sid)
+    except SQLAlchemyError as exc:
+        return None, describe_error(exc)
+    finally:
+        db.dispose()
+    return doc, None if doc is not None else f"no record of {call_sid}"
+
+
+async def _run(options: Options, catcher: _SummaryCatcher, folder: Path) -> int:
+    out = sys.stdout
+    database_url = f"sqlite:///{folder / 'dialtone.db'}"
+    env = {"DATABASE_URL": database_url}
+    if options.record_dir:
+        env["RECORD_CALLS_DIR"] = str(options.record_dir)
+    model_script = options.model_script if options.model_script is not None else replies()
+    sim = RealtimeSimulator(model_script, api_key=API_KEY)
+    async with ToolServer(TOOLS_SECRET) as tools:
+        agents = agents_with_tools(tools.base_url, folder / "agents.toml")
+        async with LocalStack(sim=sim, agents_file=agents, env=env) as stack:
+            out.write(
+                f"Dialtone demo: server on {stack.http_base}, Realtime simulator on {stack.sim.url}, "
+                f"tool server (signed bookings API) on {tools.base_url}\n"
             )
-        finally:
-            if dropper is not None:
-                dropper.cancel()  # no effect if it is done; else the call was over before the drop
-                (result,) = await asyncio.gather(dropper, return_exceptions=True)
-                drop = result if isinstance(result, Drop) else None
-        # The service logs its summary and closes its model socket once Twilio's socket has gone.
-        await _wait_all([catcher.logged], SUMMARY_TIMEOUT_S)
-        connections = list(stack.sim.connections)
-        await _wait_all([c.closed for c in connections], CLOSE_TIMEOUT_S)
-    summary = catcher.summaries[-1] if catcher.summaries else None
-    clock = StreamClock(connections[0].accepted_at, speed) if connections else None
-    if drop_at_s is not None and drop is None:
-        out.write(f"  (no model socket was dropped: the call was over before {drop_at_s:g} s)\n")
-    for ms, what in timeline(record, connections, clock=clock, drop=drop, summary=summary):
-        out.write(f"  {ms / 1000:7.2f} s  {what}\n")
-    if summary is not None:
-        out.write("\n" + summary_text(summary))
-    else:
-        out.write("\nThe service logged no summary line.\n")
-    wav.parent.mkdir(parents=True, exist_ok=True)
-    record.write_stereo_wav(wav)
-    out.write(f"\nWrote {wav} (left: caller, right: agent as heard).\n")
-    problems = list(record.protocol_errors)
-    for conn in connections:
-        problems += [f"model socket {conn.index + 1}: {a}" for a in conn.anomalies]
-    if record.end_reason != "caller_hangup":
-        problems.append(f"the call did not end with the caller's hang-up (ended: {record.end_reason})")
+            out.write(
+                f"Placing a call to {CALLED}, Trattoria Sole's booking line "
+                f"(stream time runs {options.speed:g}x real time)...\n"
+            )
+            if options.drop_at_s is not None:
+                how = "with a TCP reset" if options.drop_abort else f"with close {options.drop_code}"
+                out.write(
+                    f"The model socket will be dropped {how} at {options.drop_at_s:g} s of stream time.\n"
+                )
+            out.write("\n")
+            call = await _place(options, stack, tools, catcher)
+        # The service has stopped: its records store has written what it had.
+    doc, unread = _read_record(database_url, call.record.call_sid)
+    _print(options, call, catcher, doc, unread)
+    problems = _problems(call, doc, unread)
     if problems:
-        out.write("Protocol problems seen:\n" + "".join(f"  - {p}\n" for p in problems))
+        out.write("\nThe call did not go as scripted:\n" + "".join(f"  - {p}\n" for p in problems))
         return 1
     return 0
+
+
+def _print(
+    options: Options,
+    call: _Call,
+    catcher: _SummaryCatcher,
+    doc: dict[str, Any] | None,
+    unread: str | None,
+) -> None:
+    out = sys.stdout
+    record, connections = call.record, call.connections
+    summary = catcher.summaries[-1] if catcher.summaries else None
+    clock = StreamClock(connections[0].accepted_at, options.speed) if connections else None
+    if options.drop_at_s is not None and call.drop is None:
+        out.write(f"  (no model socket was dropped: the call was over before {options.drop_at_s:g} s)\n")
+    rows = timeline(
+        record, connections, clock=clock, drop=call.drop, summary=summary, doc=doc, requests=call.requests
+    )
+    for ms, what in rows:
+        out.write(f"  {ms / 1000:7.2f} s  {what}\n")
+    out.write(
+        "\n" + (summary_text(summary) if summary is not None else "The service logged no summary line.\n")
+    )
+    out.write("\n")
+    if doc is not None:
+        out.write(record_text(doc, "the service's DATABASE_URL", options.speed))
+    else:
+        out.write(f"The call's record could not be read: {unread}\n")
+    options.wav.parent.mkdir(parents=True, exist_ok=True)
+    record.write_stereo_wav(options.wav)
+    out.write(f"\nWrote {options.wav} (left: caller, right: agent as heard).\n")
+    if doc is not None:
+        write_picture(doc, options.picture)
+        out.write(f"Wrote {options.picture} (the call's timeline, drawn from its record).\n")
+
+
+def _problems(call: _Call, doc: dict[str, Any] | None, unread: str | None) -> list[str]:
+    """How the call strayed from the script: protocol problems seen by either simulator, a tool call
+    that did not go through, an end other than the agent's ``end_call`` and Dialtone's ``<Hangup/>``."""
+    record = call.record
+    problems = list(record.protocol_errors)
+    for conn in call.connections:
+        problems += [f"model socket {conn.index + 1}: {a}" for a in conn.anomalies]
+    model_calls = [c for conn in call.connections for c in conn.function_calls]
+    if not any(c.name == TOOL and c.output is not None for c in model_calls):
+        problems.append(f"the model did not get an answer from {TOOL}")
+    if not any(r.path == TOOL_PATH and r.verdict == "accepted" and r.status == 200 for r in call.requests):
+        problems.append(f"the tool server did not answer a signed {TOOL} request")
+    if not any(c.name == "end_call" for c in model_calls):
+        problems.append("the model did not call end_call")
+    if record.end_reason != "server_closed":
+        problems.append(f"the service did not end the stream (ended: {record.end_reason})")
+    verbs = [v.name for v in record.action_verbs]
+    if record.action is None or record.action.status != 200 or verbs != ["Hangup"]:
+        problems.append(f"<Connect action> did not answer <Hangup/> (verbs: {verbs})")
+    if doc is None:
+        problems.append(f"the call's record could not be read: {unread}")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,6 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         "--speed", type=float, default=1.0, help="stream time / wall time (default 1: real time)"
     )
     parser.add_argument("--wav", type=Path, default=Path("out/demo-call.wav"))
+    parser.add_argument(
+        "--picture",
+        type=Path,
+        default=Path("out/demo-call.svg"),
+        metavar="PATH",
+        help="write the call's timeline, drawn from its record, as SVG here",
+    )
     parser.add_argument(
         "--record", type=Path, default=None, help="also record the call (JSONL) in this folder"
     )
@@ -441,7 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.drop_abort and args.drop_model_at is None:
         parser.error("--drop-abort needs --drop-model-at")
     return asyncio.run(
-        run(args.speed, args.wav, args.record, drop_at_s=args.drop_model_at, drop_abort=args.drop_abort)
+        run(
+            args.speed,
+            args.wav,
+            args.record,
+            picture=args.picture,
+            drop_at_s=args.drop_model_at,
+            drop_abort=args.drop_abort,
+        )
     )
 
 
