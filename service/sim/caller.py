@@ -117,11 +117,15 @@ def _verb(element: ET.Element) -> Verb:
 @dataclass(slots=True)
 class ActionRecord:
     """One request Twilio makes to an ``action`` URL (of ``<Connect>`` or ``<Dial>``) and its answer.
-    ``url`` is the public URL requested (and signed), ``params`` the form fields sent."""
+    ``url`` is the public URL requested (and signed), ``params`` the form fields sent. ``requested_ms`` /
+    ``answered_ms``: stream ms (the call's clock goes on after the stream) when the request was made and
+    when its answer had been read (None: no answer)."""
 
     url: str
     method: str
     params: dict[str, str]
+    requested_ms: float = 0.0
+    answered_ms: float | None = None
     status: int = 0  # 0: the request failed (connection refused, reset, timeout)
     content_type: str = ""
     twiml: str = ""
@@ -406,10 +410,10 @@ def parse_verbs(body: str, what: str, record: CallRecord) -> list[Verb]:
 
 async def _request_action(
     record: CallRecord, what: str, *, server_http_base: str, auth_token: str, url: str, method: str,
-    params: Mapping[str, str],
+    params: Mapping[str, str], now_ms: Callable[[], float],
 ) -> ActionRecord:  # fmt: skip
     """Request an action URL as Twilio does (signed form POST, or GET with the fields in the query)."""
-    action = ActionRecord(url, method, dict(params))
+    action = ActionRecord(url, method, dict(params), requested_ms=now_ms())
     try:
         if method == "GET":
             signed_url = url + ("&" if "?" in url else "?") + urlencode(params)
@@ -425,6 +429,7 @@ async def _request_action(
     except OSError as exc:  # urllib.error.URLError included: refused, reset, timed out
         record.protocol_errors.append(f"{what} request failed: {exc}")
         return action
+    action.answered_ms = now_ms()
     action.status, action.content_type, action.twiml = status, content_type, body
     logger.debug("< %s %s", what, status)
     if status != 200:
@@ -438,7 +443,8 @@ async def _request_action(
 
 async def _follow_actions(
     record: CallRecord, *, server_http_base: str, auth_token: str, webhook_url: str, to: str, from_: str,
-    dial_outcome: DialOutcome | None, dial_duration_s: int, direction: str = "inbound",
+    dial_outcome: DialOutcome | None, dial_duration_s: int, now_ms: Callable[[], float],
+    direction: str = "inbound",
 ) -> None:  # fmt: skip
     """After the stream: the ``<Connect action>`` request, then the simulated ``<Dial action>`` one."""
     assert record.connect_action is not None
@@ -450,8 +456,9 @@ async def _follow_actions(
     url = urljoin(webhook_url, record.connect_action)
     common = {"server_http_base": server_http_base, "auth_token": auth_token}
     record.action = await _request_action(
-        record, "<Connect action>", url=url, method=record.connect_method, params=params, **common
-    )
+        record, "<Connect action>", url=url, method=record.connect_method, params=params, now_ms=now_ms,
+        **common,
+    )  # fmt: skip
     dial = record.action.verb("Dial")
     if dial_outcome is None or status != "in-progress" or dial is None or "action" not in dial.attributes:
         return
@@ -466,14 +473,14 @@ async def _follow_actions(
         }  # fmt: skip
         record.whisper = await _request_action(
             record, f"<{target.name} url>", url=urljoin(url, target.attributes["url"]),
-            method=target.attributes.get("method", "POST").upper(), params=leg, **common,
+            method=target.attributes.get("method", "POST").upper(), params=leg, now_ms=now_ms, **common,
         )  # fmt: skip
     dial_params = params | {"DialCallStatus": DIAL_CALL_STATUS[dial_outcome], "DialCallSid": dial_sid}
     if dial_outcome == "answered":
         dial_params["DialCallDuration"] = str(dial_duration_s)
     record.dial_action = await _request_action(
         record, "<Dial action>", url=urljoin(url, dial.attributes["action"]),
-        method=dial.attributes.get("method", "POST").upper(), params=dial_params, **common,
+        method=dial.attributes.get("method", "POST").upper(), params=dial_params, now_ms=now_ms, **common,
     )  # fmt: skip
 
 
@@ -892,6 +899,7 @@ async def run_twiml(
         record.runs_after_connect = False  # Twilio requests the action instead of the verbs after </Connect>
         await _follow_actions(
             record, server_http_base=server_http_base, auth_token=auth_token, webhook_url=public_url, to=to,
-            from_=from_, dial_outcome=dial_outcome, dial_duration_s=dial_duration_s, direction=direction,
+            from_=from_, dial_outcome=dial_outcome, dial_duration_s=dial_duration_s, now_ms=call.now_ms,
+            direction=direction,
         )  # fmt: skip
     return record

@@ -36,9 +36,10 @@ call's ``then``, unless a user turn came after the output (the latest turn is an
 scripted call to a function, or an MCP server, that the tools do not declare is an anomaly, as are
 ``tool_choice: "none"`` with a scripted call and a second output for one call.
 
-Everything exchanged is kept for tests: ``client_events``, ``server_events``, ``truncations``,
-``responses``, ``function_calls`` (each call made and the output the client sent for it),
-``function_outputs`` (every accepted ``function_call_output``: call id, output), ``mcp_calls``,
+Everything exchanged is kept for tests: ``client_events``, ``server_events`` (and, index for index,
+``client_event_times`` / ``server_event_times``: the ``time.monotonic()`` at which each was received /
+sent), ``truncations``, ``responses``, ``function_calls`` (each call made and the output the client sent
+for it), ``function_outputs`` (every accepted ``function_call_output``: call id, output), ``mcp_calls``,
 ``mcp_listed`` (server label -> listing succeeded), ``generated_ms`` (ms of audio generated per
 assistant item), ``anomalies``
 (things the real server may tolerate but that show a client bug, e.g. an odd-length PCM16 append),
@@ -147,6 +148,8 @@ class SimConnection:
         self.request_headers: dict[str, str] = dict(request.headers.raw_items()) if request else {}
         self.client_events: list[Json] = []
         self.server_events: list[Json] = []
+        self.client_event_times: list[float] = []  # time.monotonic() each client event was received
+        self.server_event_times: list[float] = []  # time.monotonic() each server event was sent (just before)
         self.truncations: list[Truncation] = []
         self.responses: list[ResponseRecord] = []
         self.generated_ms: dict[str, int] = {}
@@ -275,6 +278,7 @@ class SimConnection:
         event = {"type": payload["type"], "event_id": self.sim.new_id("event_")}
         event.update((k, v) for k, v in payload.items() if k != "type")
         self.server_events.append(event)
+        self.server_event_times.append(time.monotonic())
         logger.debug("> %s", event["type"])
         await self._ws.send(json.dumps(event))
 
@@ -286,11 +290,13 @@ class SimConnection:
     # --- dispatch ----------------------------------------------------------------------------
 
     async def _receive(self, message: str | bytes) -> None:
+        received_at = time.monotonic()
         event = parse_event(message)
         if isinstance(event, Problem):
             await self._error(event, None)
             return
         self.client_events.append(event)
+        self.client_event_times.append(received_at)
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         logger.debug("< %s", event.get("type"))
         problem = validate_event(event)
