@@ -34,10 +34,11 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from service.sim.lifecycle import Served
 
 __all__ = ["API_KEY", "TextRequest", "TextSimulator"]
 
@@ -68,7 +69,7 @@ class _Invalid(Exception):
         self.param = param
 
 
-class TextSimulator:
+class TextSimulator(Served):
     """The Responses endpoint on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
@@ -114,15 +115,6 @@ class TextSimulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> TextSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- the request ----------------------------------------------------------------------------
 

@@ -85,13 +85,13 @@ import string
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from types import TracebackType
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from service.sim.lifecycle import Served
 from service.sim.realtime_connection import FATAL_CLOSE_CODES, MIN_COMMIT_MS, SimConnection, reset_transport
 from service.sim.realtime_conversation import (
     AUDIO_TOKENS_IN_PER_S,
@@ -203,7 +203,7 @@ def _mask(key: str) -> str:
     return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 8 else "***"
 
 
-class RealtimeSimulator:
+class RealtimeSimulator(Served):
     """The simulated Realtime server. ``async with RealtimeSimulator() as sim:`` starts it on
     127.0.0.1 with a free port; ``sim.url`` is the ``ws://`` URL (without ``?model=``).
 
@@ -294,15 +294,6 @@ class RealtimeSimulator:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> RealtimeSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def wait_for_connection(self, index: int = 0, timeout_s: float = 5.0) -> SimConnection:
         """The ``index``-th connection, once it has been accepted."""

@@ -29,7 +29,6 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
 from service.replay import Recording, ReplayResult, compare, tool_text
+from service.sim.lifecycle import Served
 from service.sim.stack import MEDIA_PATH, inbound_call_form, post_voice_webhook, stream_signature
 from service.sim.tools import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 
@@ -105,7 +105,7 @@ class _HeldRequest:
     answer: asyncio.Future[web.Response | None] = field(default_factory=asyncio.Future)
 
 
-class ReplayToolServer:
+class ReplayToolServer(Served):
     """The agent's HTTP tools during a replay, on 127.0.0.1: each (signed) request is held until the
     driver answers it with a recorded result (:meth:`answer`). ``problems`` lists the requests it
     refused (a bad signature, a body that is not a tool call)."""
@@ -135,15 +135,6 @@ class ReplayToolServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> ReplayToolServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def next_request(self) -> dict[str, Any]:
         """The body of the next request the service made (as JSON)."""

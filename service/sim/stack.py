@@ -31,7 +31,6 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -40,6 +39,7 @@ from twilio.request_validator import RequestValidator
 
 from service.agents import AgentStore
 from service.config import Settings
+from service.sim.lifecycle import Served
 from service.sim.realtime_server import RealtimeSimulator
 from service.web.app import create_app
 from service.web.serving import Service
@@ -144,7 +144,7 @@ def start_message(
     return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": start})
 
 
-class LocalStack:
+class LocalStack(Served):
     """Realtime simulator + Dialtone, both on 127.0.0.1, started and stopped together."""
 
     def __init__(
@@ -202,15 +202,6 @@ class LocalStack:
             await self.service.stop(drain_timeout_s=drain_timeout_s)
         await self.model_peer.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    async def __aenter__(self) -> LocalStack:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def call_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for :func:`service.sim.caller.place_call` against this stack."""

@@ -52,10 +52,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 from aiohttp import web
+
+from service.sim.lifecycle import Served
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class ToolRequest:
         return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
 
 
-class ToolServer:
+class ToolServer(Served):
     """The bookings API on 127.0.0.1. ``async with ToolServer("secret") as tools:`` starts it on a free
     port; ``tools.url("/availability")`` is a route's URL. ``clock`` is its notion of now (unix
     seconds), ``window_s`` how far a timestamp may be from it. ``behaviours`` maps a path to a
@@ -215,15 +216,6 @@ class ToolServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> ToolServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> list[ToolRequest]:
         """The requests, once at least ``count`` have been answered (or dropped)."""

@@ -56,7 +56,6 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
@@ -67,6 +66,7 @@ from multidict import MultiDictProxy
 from twilio.request_validator import RequestValidator
 
 from service.sim.caller import CallRecord, StreamControl, run_twiml
+from service.sim.lifecycle import Served
 from service.sim.script import At, Clip, HangUp, Say, Step
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class TwilioError(Exception):
 # --- the server ----------------------------------------------------------------------------------------
 
 
-class TwilioRestSimulator:
+class TwilioRestSimulator(Served):
     """See the module docstring. ``numbers``: the account's numbers (IncomingPhoneNumbers, and valid
     ``From`` numbers); ``verified``: verified caller IDs (valid ``From`` too); ``permitted``: the To
     prefixes the geographic permissions allow; ``server_http_base``: where the application listens
@@ -309,15 +309,6 @@ class TwilioRestSimulator:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> TwilioRestSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def wait_call(self, sid: str, timeout_s: float = 60.0) -> SimCall:
         """The call, once it is over (its last callback sent)."""
