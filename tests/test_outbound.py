@@ -197,3 +197,35 @@ async def test_a_call_placed_from_the_command_line_runs_like_one_from_the_api(se
     assert record.end_reason == "caller_hangup"
     (conn,) = setup.stack.sim.connections
     assert conn.session["instructions"] == "You call Grace to confirm an appointment on Friday."
+
+
+async def test_a_machine_verdict_that_reaches_another_instance_still_gets_the_voicemail_left(
+    tmp_path: Path,
+) -> None:
+    """Two instances behind a load balancer, one database: the call's stream is on the first, Twilio's
+    answering-machine callback lands on the second, which hands it over through the database."""
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS, encoding="utf-8")
+    shared = {"DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}"}
+    async with TwilioRestSimulator(
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, numbers=[AGENT],
+        callees={MACHINE: Machine(greeting=GREETING)}, speed=4,
+    ) as twilio:  # fmt: skip
+        env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_API_BASE_URL": twilio.url, "DIALTONE_API_KEY": KEY}
+        async with (
+            LocalStack(agents_file=agents, env={**env, **shared}) as first,
+            LocalStack(agents_file=agents, env={**env, **shared}) as second,
+        ):
+            twilio.server_http_base = first.http_base
+            twilio.callback_http_bases["amd"] = second.http_base
+            call = await Setup(first, twilio).place(MACHINE)
+            record = clean(call)
+            (amd,) = [c for c in call.callbacks if c.kind == "amd"]
+            assert amd.status == 204 and second.sim.connections == []  # answered there, no call there
+            assert [v.name for v in record.action_verbs] == ["Hangup"]
+            (conn,) = first.sim.connections
+            await asyncio.wait_for(conn.closed.wait(), 10)
+            said = [r for r in conn.responses if r.instructions]
+            voicemail = [r for r in said if "You reached voicemail" in str(r.instructions)]
+            assert len(voicemail) == 1 and voicemail[0].status == "completed"
+            assert conn.responses[-1] is voicemail[0]

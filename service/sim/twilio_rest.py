@@ -224,7 +224,9 @@ class TwilioRestSimulator(Served):
     """See the module docstring. ``numbers``: the account's numbers (IncomingPhoneNumbers, and valid
     ``From`` numbers); ``verified``: verified caller IDs (valid ``From`` too); ``permitted``: the To
     prefixes the geographic permissions allow; ``server_http_base``: where the application listens
-    (every URL Twilio is given is requested there, at its path and query, and signed as given)."""
+    (every URL Twilio is given is requested there, at its path and query, and signed as given);
+    ``callback_http_bases``: per kind of callback (``status``, ``amd``), another place to send it, as a
+    load balancer in front of several instances may (the call's stream on one, its callback on another)."""
 
     def __init__(
         self,
@@ -244,6 +246,7 @@ class TwilioRestSimulator(Served):
         self.permitted = tuple(permitted)
         self.callees: dict[str, Callee] = dict(callees or {})
         self.server_http_base = server_http_base
+        self.callback_http_bases: dict[str, str] = {}
         self.speed = speed
         self.calls: dict[str, SimCall] = {}
         self.numbers: dict[str, PhoneNumber] = {}
@@ -606,10 +609,10 @@ class TwilioRestSimulator(Served):
         if method == "GET":
             signed = url + ("&" if "?" in url else "?") + urlencode(params)
             headers = {"X-Twilio-Signature": validator.compute_signature(signed, {})}
-            target, data = self._local(signed), None
+            target, data = self._local(signed, kind), None
         else:
             headers = {"X-Twilio-Signature": validator.compute_signature(url, params)}
-            target, data = self._local(url), params
+            target, data = self._local(url, kind), params
         headers["User-Agent"] = "TwilioProxy/1.1"
         assert self._session is not None
         if target is None:
@@ -624,14 +627,15 @@ class TwilioRestSimulator(Served):
             call.errors.append(f"{kind} callback to {urlsplit(url).path} answered HTTP {done.status}")
         return done
 
-    def _local(self, url: str) -> str | None:
+    def _local(self, url: str, kind: str = "url") -> str | None:
         """A URL Twilio was given, requested on the local server (same path and query); None without
         one (the simulator never leaves 127.0.0.1)."""
-        if self.server_http_base is None:
+        base = self.callback_http_bases.get(kind, self.server_http_base)
+        if base is None:
             return None
         parts = urlsplit(url)
         query = f"?{parts.query}" if parts.query else ""
-        return self.server_http_base.rstrip("/") + (parts.path or "/") + query
+        return base.rstrip("/") + (parts.path or "/") + query
 
     async def _sleep_ms(self, ms: float) -> None:
         await asyncio.sleep(ms / self.speed / 1000)

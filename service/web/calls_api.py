@@ -39,7 +39,6 @@ from twilio.twiml.voice_response import VoiceResponse
 from werkzeug.datastructures import MultiDict
 
 from service.config import AMD_PATH, CALLS_PATH, FALLBACK_PATH, STATUS_PATH, Settings
-from service.core.inputs import MachineDetected
 from service.core.record import CallRecord
 from service.logs import bind_call
 from service.outbound import (
@@ -232,11 +231,8 @@ def register(app: Quart, state: AppState) -> None:
             answered_by = "unknown"
         with bind_call(call_sid):
             statuses.answered(call_sid, answered_by, time.time())
-            bridge = next((b for b in state.ops.bridges if b.call.call_sid == call_sid), None)
-            if bridge is None:
-                log.info("answered by %s: the call is not live in this process", answered_by)
-            else:
-                bridge.handle(MachineDetected(answered_by))
+            if not state.ops.machine_verdict(call_sid, answered_by):
+                log.info("answered by %s: kept for the process the call is on", answered_by)
         return Response("", 204)
 
     @app.post(FALLBACK_PATH)

@@ -89,6 +89,7 @@ def authorizer(state: AppState) -> Authorizer:
         state.ops.capacity.started(start.call_sid)
         if outbound:
             state.ops.capacity.started(subject)
+            state.ops.watch_machine_verdict(start.call_sid)
         return StartAuthorized(filled)
 
     return authorize

@@ -33,6 +33,7 @@ from service.core.agent import AnalysisConfig
 from service.core.analysis import AnalysisFailed, AnalysisResult
 from service.core.call import Call
 from service.core.commands import EndCall
+from service.core.inputs import MachineDetected
 from service.core.record import CallRecord
 from service.records.errors import RecordsError, StateUnavailable
 from service.records.shape import record_to_json
@@ -50,6 +51,11 @@ RECORDS_BACKLOG = 1_000
 """Not ready while more call records than this wait for the database."""
 DECISION_WAIT_S = 1.0
 """How long the action route waits for a decision another worker is still writing."""
+AMD_PREFIX = "amd:"
+AMD_POLL_S = 1.0
+AMD_WATCH_S = 90.0
+"""How long an outbound call looks for an answering-machine verdict that reached another worker or
+instance (Twilio's detection ends within its 30 s timeout, plus the length of a machine's greeting)."""
 
 
 class Operations:
@@ -72,6 +78,7 @@ class Operations:
         self._background: set[asyncio.Task[Any]] = set()
         self.analyst = Analyst(settings.openai_api_base_url, settings.openai_api_headers)
         self._analyses: set[asyncio.Task[None]] = set()
+        self._watches: set[asyncio.Task[None]] = set()
 
     @property
     def analyses_pending(self) -> int:
@@ -94,6 +101,8 @@ class Operations:
         """Deliver the webhooks and write the records still queued (what cannot be is logged whole)."""
         if self._lag_task is not None:
             self._lag_task.cancel()
+        for watch in self._watches:
+            watch.cancel()
         await self.settle_analyses(timeout_s)
         await self.analyst.close()
         if self._background:
@@ -170,6 +179,45 @@ class Operations:
             log.warning("%s: the token is checked in this process only", exc)
             return True
 
+    # --- answering-machine verdicts ----------------------------------------------------------------
+
+    def machine_verdict(self, call_sid: str, answered_by: str) -> bool:
+        """Twilio's answering-machine verdict on an outbound call: handed to the call's bridge if it is
+        live in this process (True); else kept as a decision, for the worker or instance the call is on
+        (or for this one, if its stream has not started yet): its watch picks it up."""
+        bridge = self._bridge_of(call_sid)
+        if bridge is not None and bridge.call.agent is not None:  # its stream has started
+            bridge.handle(MachineDetected(answered_by))
+            return True
+        self.put_decision(AMD_PREFIX + call_sid, {"answered_by": answered_by})
+        return False
+
+    def watch_machine_verdict(self, call_sid: str) -> None:
+        """An outbound call's stream started here: look for its verdict in the decisions every
+        ``AMD_POLL_S`` for ``AMD_WATCH_S``, until the call ends."""
+        task = asyncio.get_running_loop().create_task(self._watch_machine_verdict(call_sid))
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
+
+    async def _watch_machine_verdict(self, call_sid: str) -> None:
+        deadline = self._clock() + AMD_WATCH_S
+        while self._clock() < deadline:
+            await asyncio.sleep(AMD_POLL_S)
+            bridge = self._bridge_of(call_sid)
+            if bridge is None:
+                return  # the call is over
+            if bridge.call.agent is None:
+                continue  # its start is still being authorized
+            found = await self.take_decision(AMD_PREFIX + call_sid, wait_s=0.0)
+            if found is not None:
+                answered_by = str(found.get("answered_by", "unknown"))
+                log.info("answered by %s (the verdict reached another process)", answered_by)
+                bridge.handle(MachineDetected(answered_by))
+                return
+
+    def _bridge_of(self, call_sid: str) -> Any:
+        return next((b for b in self.bridges if b.call.call_sid == call_sid), None)
+
     # --- decisions ---------------------------------------------------------------------------------
 
     def put_decision(self, call_sid: str, decision: dict[str, Any]) -> None:
@@ -177,9 +225,9 @@ class Operations:
         if self.store is not None:
             self._in_background(self.store.state.put_decision, call_sid, decision, DECISION_TTL_S)
 
-    async def take_decision(self, call_sid: str) -> dict[str, Any] | None:
-        """The call's decision: this process's, else the database's (waiting a moment for a write that
-        another worker has just begun)."""
+    async def take_decision(self, call_sid: str, wait_s: float = DECISION_WAIT_S) -> dict[str, Any] | None:
+        """The call's decision: this process's, else the database's (waiting up to ``wait_s`` for a write
+        that another worker has just begun)."""
         local = self.decisions.take(call_sid)
         store = self.store
         if store is None:
@@ -187,7 +235,7 @@ class Operations:
         if local is not None:
             self._in_background(store.state.take_decision, call_sid)
             return local
-        deadline = self._clock() + DECISION_WAIT_S
+        deadline = self._clock() + wait_s
         while True:
             try:
                 found = await asyncio.to_thread(store.state.take_decision, call_sid)
