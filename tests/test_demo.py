@@ -166,3 +166,18 @@ def test_drop_abort_needs_a_drop_time(capsys: pytest.CaptureFixture[str]) -> Non
         demo.main(["--drop-abort"])
     assert exc.value.code == 2
     assert "--drop-abort needs --drop-model-at" in capsys.readouterr().err
+
+
+def test_the_outbound_demo_places_a_call_through_the_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = tmp_path / "outbound.wav"
+    code = demo.main(["--outbound", "--speed", "4", "--wav", str(wav)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    statuses = re.findall(r"^  status (\S+)\s+-> HTTP 204$", out, flags=re.M)
+    assert statuses == ["initiated", "ringing", "in-progress", "completed"], out
+    assert re.search(r"^  amd\s+human\s+-> HTTP 204$", out, flags=re.M), out
+    assert "The model was told: You call Ada to confirm their dental appointment on Tuesday." in out
+    assert "callee says" in out and "agent heard" in out
+    assert_stereo_wav(wav)
