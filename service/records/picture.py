@@ -27,7 +27,7 @@ __all__ = ["timeline_svg", "write_picture"]
 WIDTH = 1200
 LEFT = 90
 RIGHT = 30
-TOP = 70
+TOP = 84
 LANE_H = 46
 LANE_GAP = 14
 CHARS_PER_S = 15.0
@@ -68,8 +68,9 @@ def timeline_svg(doc: Mapping[str, Any]) -> str:
     def x(t: float) -> float:
         return round(LEFT + max(0.0, min(t, end)) * scale, 1)
 
-    caller = _caller_spans(events, transcript, end)
-    agent = _agent_spans(events, transcript, end)
+    ended_at = next((float(e.get("t_s", end)) for e in events if e.get("kind") == "ended"), end)
+    caller = _caller_spans(events, transcript, ended_at)  # nobody speaks after the call has ended
+    agent = _agent_spans(events, transcript, ended_at)
     lanes = {"caller": TOP, "agent": TOP + LANE_H + LANE_GAP, "events": TOP + 2 * (LANE_H + LANE_GAP)}
     height = lanes["events"] + LANE_H + 70
     out: list[str] = [
@@ -143,10 +144,10 @@ def timeline_svg(doc: Mapping[str, Any]) -> str:
     if ended is not None:
         t = float(ended.get("t_s", end))
         out.append(f'<line x1="{x(t)}" y1="{TOP - 6}" x2="{x(t)}" y2="{axis_y - 10}" stroke="#000000"/>')
-        out.append(
+        out.append(  # a row of its own, above the barge-in labels
             _text(
                 x(t) - 3,
-                TOP - 8,
+                TOP - 22,
                 f"ended: {ended.get('reason') or doc.get('end_reason') or ''}",
                 anchor="end",
                 size=10,
@@ -254,7 +255,10 @@ def _event_lane(
         label = f"{name} {duration_ms if duration_ms is not None else '?'} ms {outcome}"
         box = f'x="{x(t0)}" y="{y + 6}" width="{max(x(t1) - x(t0), 3)}" height="14"'
         out.append(f'<g><title>{escape("tool " + label)}</title><rect {box} fill="{color}" rx="2"/></g>')
-        out.append(_text(x(t0), y + 32, label, size=9, color=color))
+        if x(t0) + 5.6 * len(label) <= WIDTH - RIGHT:
+            out.append(_text(x(t0), y + 32, label, size=9, color=color))
+        else:  # near the right edge: written leftwards from the call's end
+            out.append(_text(x(t1) + 3, y + 32, label, size=9, color=color, anchor="end"))
     lost: float | None = None
     for e in events:
         kind, t = e.get("kind"), float(e.get("t_s", 0.0))
@@ -360,13 +364,22 @@ def _subline(doc: Mapping[str, Any]) -> str:
         str(doc.get("started_at", "")),
         f"{float(doc.get('duration_s') or 0):.1f} s",
         str(doc.get("model", "")),
-        f"ended: {doc.get('end_reason') or '-'}",
         f"barge-ins {doc.get('barge_ins', 0)}",
         f"reconnects {doc.get('reconnects', 0)}",
-        f"first audio {', '.join(f'{m} ms' for m in first) or '-'}",
+        _first_audio(first),
         f"cost ${cost:.4f}" if isinstance(cost, int | float) else "cost unknown",
     ]
-    return " · ".join(parts)
+    return " · ".join(parts)  # the end reason is written at the end line
+
+
+def _first_audio(ms: Sequence[int]) -> str:
+    """Each turn's first-audio latency; beyond four turns, their median and worst (the line must fit)."""
+    if not ms:
+        return "first audio -"
+    if len(ms) <= 4:
+        return "first audio " + ", ".join(f"{m} ms" for m in ms)
+    ordered = sorted(ms)
+    return f"first audio median {ordered[len(ordered) // 2]} ms, max {ordered[-1]} ms ({len(ms)} turns)"
 
 
 def _clock(t: float) -> str:
