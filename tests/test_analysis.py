@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from hookkit import WebhookReceiver
 from openai.types.responses import Response
 
 from service.agents import parse_agents
@@ -412,40 +412,18 @@ def agents_with_analysis(path: Path, success: str = "The caller was greeted.") -
     return path
 
 
-async def webhook_receiver() -> tuple[web.AppRunner, str, list[tuple[dict[str, str], bytes]]]:
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/calls", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/calls", received
-
-
 async def run_call(tmp_path: Path, sim: TextSimulator) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """One call to the default agent (with an analysis); its record read back and its webhook."""
     url = f"sqlite:///{tmp_path / 'records.db'}"
-    runner, hook_url, received = await webhook_receiver()
-    env = {"DATABASE_URL": url, "OPENAI_API_BASE_URL": sim.base_url, "POST_CALL_WEBHOOK_URL": hook_url}
-    try:
+    async with WebhookReceiver() as hook:
+        env = {"DATABASE_URL": url, "OPENAI_API_BASE_URL": sim.base_url, "POST_CALL_WEBHOOK_URL": hook.url}
         async with LocalStack(agents_file=agents_with_analysis(tmp_path / "agents.toml"), env=env) as stack:
             record = await place_call(
                 stack.http_base,
                 **stack.call_kwargs(to="+15551239999", script=SCRIPT, speed=4.0),
             )
-            for _ in range(500):
-                if received:
-                    break
-                await asyncio.sleep(0.02)
-    finally:
-        await runner.cleanup()
+            await hook.wait_for(1)
+    received = hook.received
     db = Database(url, must_exist=True)
     doc = db.get_call(record.call_sid)
     db.dispose()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from hookkit import WebhookReceiver
 
 from service.core.summary import END_KINDS, end_kind
 from service.records.db import CallFilter, Database
@@ -208,29 +208,13 @@ async def test_calls_outliving_the_drain_are_ended_politely_and_recorded(tmp_pat
 
 
 async def test_the_post_call_webhook_gets_the_signed_record_and_is_retried(tmp_path: Path) -> None:
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=503 if len(received) == 1 else 204)  # fails once, then takes it
-
-    app = web.Application()
-    app.router.add_post("/calls", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        env = {"POST_CALL_WEBHOOK_URL": f"http://127.0.0.1:{port}/calls"}
-        async with LocalStack(env=env) as stack:
-            record = await call(stack, script=[Say(QUESTION, AfterAgentSilent(400))])
-            for _ in range(300):  # the retry comes after about a second
-                if len(received) >= 2:
-                    break
-                await asyncio.sleep(0.02)
-    finally:
-        await runner.cleanup()
+    async with (
+        WebhookReceiver(statuses=[503]) as hook,  # fails once, then takes it
+        LocalStack(env={"POST_CALL_WEBHOOK_URL": hook.url}) as stack,
+    ):
+        record = await call(stack, script=[Say(QUESTION, AfterAgentSilent(400))])
+        await hook.wait_for(2)  # the retry comes after about a second
+    received = hook.received
     assert len(received) == 2 and received[0][1] == received[1][1]  # the same record, twice
     headers, body = received[1]
     timestamp, signature = headers["X-Dialtone-Timestamp"], headers["X-Dialtone-Signature"]
