@@ -25,18 +25,22 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Coroutine
 from typing import Any
 
+from prometheus_client import multiprocess
 from quart import Quart
 
 from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
+from service.runtime.metrics import MULTIPROC_ENV
 from service.web.app import create_app, secrets_of
 from service.web.serving import Service
 
@@ -92,7 +96,10 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 def supervise(workers: int) -> int:
     """Run ``workers`` worker processes until SIGTERM/SIGINT; start again any that dies."""
     command = [sys.executable, "-m", "service.serve", WORKER_FLAG]
-    procs = [subprocess.Popen(command) for _ in range(workers)]
+    shared = os.environ.get(MULTIPROC_ENV)
+    metrics_dir = shared or tempfile.mkdtemp(prefix="dialtone-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir}  # /metrics on any worker answers for all of them
+    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -110,9 +117,13 @@ def supervise(workers: int) -> int:
         for i, proc in enumerate(procs):
             if proc.poll() is not None and not stopping:
                 log.error("worker %d exited with %s; starting it again", proc.pid, proc.returncode)
+                # its live gauges no longer count
+                multiprocess.mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
                 time.sleep(RESTART_PAUSE_S)
-                procs[i] = subprocess.Popen(command)
+                procs[i] = subprocess.Popen(command, env=env)
     codes = [proc.wait() for proc in procs]
+    if shared is None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import urllib.request
@@ -175,3 +176,35 @@ async def test_sigterm_lets_live_calls_finish_refuses_new_ones_and_records_them(
     assert saved == {r.call_sid for r in records}
     log = (tmp_path / "server.log").read_text()
     assert "draining" in log and "Traceback" not in log
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``GET /metrics`` (a new connection each time, so any worker may answer): sample -> value."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
+
+
+async def test_with_two_workers_any_scrape_counts_the_calls_of_both(tmp_path: Path) -> None:
+    calls = 6
+    async with RealtimeSimulator(api_key=API_KEY) as sim:
+        port = free_port()
+        env = {"OPENAI_REALTIME_URL": sim.url, "OPENAI_API_KEY": API_KEY, "PORT": str(port), "WORKERS": "2",
+               "DATABASE_URL": f"sqlite:///{tmp_path / 'records.db'}"}  # fmt: skip
+        kwargs = {"auth_token": AUTH_TOKEN, "public_base_url": PUBLIC_BASE_URL, "to": "+15551239999"}
+        async with server(env, tmp_path / "server.log"):
+            base, script = f"http://127.0.0.1:{port}", [Say(QUESTION, AfterAgentSilent(400))]
+            records = await asyncio.gather(
+                *(place_call(base, script=script, speed=4.0, **kwargs) for _ in range(calls))
+            )
+            assert [r.end_reason for r in records] == ["caller_hangup"] * calls
+            await asyncio.sleep(1.2)  # the live gauges are refreshed every 0.5 s
+            scrapes = [await asyncio.to_thread(scrape, port) for _ in range(8)]
+    log = (tmp_path / "server.log").read_text()
+    assert len(set(re.findall(r"\(pid (\d+)\)", log))) == 2, "two workers served"
+    for seen in scrapes:
+        assert seen['dialtone_calls_total{end_reason="caller_hangup"}'] == calls
+        assert seen["dialtone_active_calls"] == 0
+        assert seen["dialtone_first_audio_seconds_count"] >= calls

@@ -2,8 +2,12 @@
 
 Everything about a call is counted once, when it ends (from its record): the call path never touches a
 metric. The live-call gauge is read when scraped, and the event loop's lag is sampled by a small task
-(:func:`watch_loop_lag`). With several worker processes each serves its own numbers (one worker per
-pod or container is the shape the manifests use; see the README).
+(:func:`watch_loop_lag`).
+
+With several worker processes (``WORKERS=N``) the supervisor gives them a shared directory
+(``PROMETHEUS_MULTIPROC_DIR``: prometheus_client's multiprocess mode, which keeps each process's values
+in memory-mapped files there): whichever worker is scraped then answers for all of them, counters and
+histograms summed, the live gauges summed over the workers alive (``livesum``, refreshed every 0.5 s).
 
     dialtone_active_calls                      gauge: calls live in this process
     dialtone_calls_total{end_reason}           the kind of end: caller_hangup, agent_hangup, transfer,
@@ -24,17 +28,21 @@ pod or container is the shape the manifests use; see the README).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.core.cost import Cost
 from service.core.record import CallRecord
 from service.core.summary import END_KINDS
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "watch_loop_lag"]
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "watch_loop_lag"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (by the supervisor of several workers) before prometheus_client is imported: multiprocess mode."""
 
 LATENCY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 TOOL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -48,10 +56,18 @@ class Metrics:
 
     def __init__(self, live_calls: Callable[[], int], records_queued: Callable[[], int]) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        active = Gauge("dialtone_active_calls", "Calls live in this process.", registry=registry)
-        active.set_function(lambda: float(live_calls()))
-        queued = Gauge("dialtone_records_queued", "Call records waiting for the database.", registry=registry)
-        queued.set_function(lambda: float(records_queued()))
+        self.shared_dir = os.environ.get(MULTIPROC_ENV) or None
+        self._live_calls, self._records_queued = live_calls, records_queued
+        self.active = Gauge(
+            "dialtone_active_calls", "Live calls.", registry=registry, multiprocess_mode="livesum"
+        )
+        self.queued = Gauge(
+            "dialtone_records_queued", "Call records waiting for the database.", registry=registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        if self.shared_dir is None:  # one process: read when scraped
+            self.active.set_function(lambda: float(live_calls()))
+            self.queued.set_function(lambda: float(records_queued()))
         self.calls = Counter(
             "dialtone_calls", "Calls ended, by kind of end.", ["end_reason"], registry=registry
         )
@@ -108,8 +124,19 @@ class Metrics:
         if cost is not None and cost.total is not None:
             self.cost.labels(record.agent or "", record.model).inc(cost.total)
 
+    def sample(self) -> None:
+        """Refresh the live gauges (several workers: their files are what a scrape reads)."""
+        if self.shared_dir is not None:
+            self.active.set(self._live_calls())
+            self.queued.set(self._records_queued())
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text a scrape gets: this process's metrics, or every worker's (multiprocess mode)."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
 
 
 async def watch_loop_lag(metrics: Metrics, interval_s: float = LAG_SAMPLE_S) -> None:
@@ -118,3 +145,4 @@ async def watch_loop_lag(metrics: Metrics, interval_s: float = LAG_SAMPLE_S) -> 
         start = time.monotonic()
         await asyncio.sleep(interval_s)
         metrics.loop_lag.observe(max(0.0, time.monotonic() - start - interval_s))
+        metrics.sample()
