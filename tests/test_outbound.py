@@ -104,6 +104,18 @@ def clean(call: SimCall) -> CallRecord:
     return record
 
 
+def joined(runs: list[tuple[float, float]], gap_ms: float = 40.0) -> list[tuple[float, float]]:
+    """Heard runs with the small gaps of a loaded machine closed (playback that ran dry for a few ms while
+    the next audio was on its way: the same utterance, not a second one)."""
+    out: list[tuple[float, float]] = []
+    for start, end in runs:
+        if out and start - out[-1][1] <= gap_ms:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
 def session_updates(conn: SimConnection) -> list[dict[str, Any]]:
     return [e["session"] for e in conn.client_events if e["type"] == "session.update"]
 
@@ -153,7 +165,7 @@ async def test_a_machine_gets_the_voicemail_after_the_beep_then_the_agent_hangs_
     assert message in str(voicemail[0].instructions)
     assert conn.responses[-1] is voicemail[0]  # the last thing the agent said
     # What the machine recorded after its beep is the voicemail message, whole, and nothing after it.
-    after_beep = [(start, end) for start, end in record.heard_runs if end > machine.beep_end_ms]
+    after_beep = joined([(start, end) for start, end in record.heard_runs if end > machine.beep_end_ms])
     assert len(after_beep) == 1
     start, end = after_beep[0]
     assert start >= machine.beep_end_ms + machine.detected_after_beep_ms
