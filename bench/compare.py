@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from bench import lean_load as ll
+from bench.sockets import _stat_fields, process_tree  # /proc/<pid>/stat; [21]: rss pages
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 PEER_DIR = Path("/work/shared/anchors/twilio-sample-python")
@@ -143,26 +144,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after ``(comm)``: [1] ppid, [11] utime, [12] stime, [21] rss pages."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].decode().split()
-
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
 
 
 def machine_idle_s() -> float:
@@ -247,7 +228,7 @@ class ServerProc:
         ticks = 0
         for pid in self.refresh():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = _stat(pid)
+                fields = _stat_fields(pid)
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / CLK_TCK
 
@@ -255,7 +236,7 @@ class ServerProc:
         total = 0
         for pid in self.pids:
             with contextlib.suppress(OSError, IndexError, ValueError):
-                total += int(_stat(pid)[21]) * PAGE_KB
+                total += int(_stat_fields(pid)[21]) * PAGE_KB
         return total
 
     def python_processes(self) -> int:
