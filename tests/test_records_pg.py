@@ -27,7 +27,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
-from test_records import SECRET_WORDS, T0, make_record, wait_for
+from test_records import SECRET_WORDS, T0, make_record, migrate_at_once, wait_for
 
 from service.records import CallFilter, Database, RecordStore, StateUnavailable, record_to_json
 from service.records.cli import main
@@ -119,20 +119,7 @@ def test_migrations_on_postgresql(fresh: str) -> None:
 
 def test_concurrent_migrations_are_serialised(fresh: str) -> None:
     databases = [Database(fresh) for _ in range(4)]
-    errors: list[BaseException] = []
-
-    def migrate(db: Database) -> None:
-        try:
-            db.migrate()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=migrate, args=(db,)) for db in databases]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert migrate_at_once(databases) == []
     for db in databases:
         db.dispose()
 
