@@ -32,7 +32,7 @@ bin_dir() {
 
 as_owner() {  # run a server binary as the cluster's owner (not root)
     if [ "$(id -u)" = "0" ]; then
-        runuser -u postgres -- "$@"
+        (cd / && runuser -u postgres -- "$@")  # from /: postgres may not enter the caller's directory
     else
         "$@"
     fi
