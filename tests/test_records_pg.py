@@ -230,12 +230,14 @@ def test_a_stopped_server_loses_no_record(server: TempPostgres, caplog: pytest.L
     assert store.flush(30)
     server.stop()
     try:
-        worst = 0.0
+        times = []
         for i in range(200):
             started = time.perf_counter()
             assert store.put(make_record(f"CA-DOWN-{i}"), T0, T0 + 1)
-            worst = max(worst, time.perf_counter() - started)
-        assert worst < 0.05  # never waits for the server (a connect attempt would)
+            times.append(time.perf_counter() - started)
+        # Never waits for the server (a connect attempt would, every time). The median, not the worst: one
+        # put in 200 may meet a garbage collection of the whole test process (seen: 0.3 s in CI).
+        assert sorted(times)[len(times) // 2] < 0.005
         wait_for(lambda: store.stats().outage, 30)
         with pytest.raises(StateUnavailable):
             store.state.claim_stream_token("CA-X", time.time() + 60)
